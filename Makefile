@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both create .venv (Python >= 3.12, pinned dependencies via uv) when it is missing or stale.
+VENV      := .venv
+PY        := $(VENV)/bin/python
+UV_VERSION := 0.13.8
+LOCK      := requirements/test.lock
+STAMP     := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): $(LOCK) pyproject.toml
+	@set -e; \
+	if [ ! -x $(PY) ]; then \
+	  py=$$(tools/find_python.sh); \
+	  echo "creating $(VENV) with $$py"; \
+	  "$$py" -m venv $(VENV); \
+	fi; \
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); \
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r $(LOCK); \
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .; \
+	touch $(STAMP); \
+	echo "$(VENV) ready"
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m lwm_plugin.demo
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Checkpoint converters: Orbax <-> Hugging Face, and released LWM Jax checkpoints."""

@@ -1,0 +1,1 @@
+"""Grain masked-packing loader for LWM data (importable without MaxText)."""

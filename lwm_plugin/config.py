@@ -1,0 +1,56 @@
+"""The LWM config class (MaxText's config + `LWMSettings`) and early, precise key checks.
+
+MaxText rejects unknown keys, but its message lists every valid key (hundreds) and does not say
+which file the bad key came from. `check_keys` runs first and names the YAML file and line (or
+the command-line argument) and the closest valid keys. MaxText's own check still runs after it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Iterable
+
+from maxtext.configs import types
+from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
+
+from lwm_plugin.config_files import ConfigError, config_chain
+from lwm_plugin.settings import LWMSettings
+
+
+class LWMConfig(types.MaxTextConfig, LWMSettings):
+  """MaxText's config class extended with the LWM settings; pass as `config_class=`."""
+
+
+def _valid_keys(config_class: type[Any]) -> set[str]:
+  """Top-level fields plus the fields of nested models (MaxText accepts both) and multimodal keys."""
+  keys = set(config_class.model_fields)
+  for field in config_class.model_fields.values():
+    nested = getattr(field.annotation, "model_fields", None)
+    if nested:
+      keys |= set(nested)
+  # MaxText ignores (with a warning) multimodal keys when use_multimodal is false.
+  return keys | set(types.Multimodal.model_fields)
+
+
+def _unknown(key: str, valid: set[str], where: str) -> ConfigError:
+  close = difflib.get_close_matches(key, valid, n=3)
+  hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+  return ConfigError(f"{where}: unknown config key {key!r}{hint}")
+
+
+def check_keys(config_file: str, overrides: Iterable[str], config_class: type[Any] = LWMConfig) -> None:
+  """Raises ConfigError for the first unknown key in our YAML chain or in `key=value` overrides."""
+  valid = _valid_keys(config_class)
+  for path, keys in config_chain(config_file):
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(MAXTEXT_CONFIGS_DIR):
+      continue  # MaxText's own files
+    for key, line in keys.items():
+      if key not in valid:
+        raise _unknown(key, valid, f"{path}:{line}")
+  for arg in overrides:
+    key, sep, _ = arg.partition("=")
+    if not sep:
+      raise ConfigError(f"command-line argument {arg!r}: expected key=value")
+    if key not in valid:
+      raise _unknown(key, valid, f"command-line argument {arg!r}")

@@ -1,0 +1,47 @@
+"""Shared test helpers: subprocess runs of the launcher and of snippets on fake CPU devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
+  """Environment for a child process on `devices` fake CPU devices (JAX reads it at import)."""
+  env = dict(os.environ)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+  env.update(extra)
+  return env
+
+
+def run_python(code: str, devices: int = 1, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
+  """Runs `code` in a fresh interpreter with `devices` fake CPU devices; fails the test on error."""
+  proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(devices, **env), cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+  if proc.returncode != 0:
+    pytest.fail(f"subprocess failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+  return proc
+
+
+def run_lwm_train(args: list[str], devices: int = 1, timeout: int = 900, cwd: Path | None = None,
+                  **env: str) -> subprocess.CompletedProcess:
+  """`python -m lwm_plugin.train ARGS` in a subprocess; returns the completed process (any exit code)."""
+  return subprocess.run([sys.executable, "-m", "lwm_plugin.train", *args], env=subprocess_env(devices, **env),
+                        cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def read_metrics(path: Path) -> list[dict]:
+  """MaxText's `metrics_file`: one JSON object per step."""
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
