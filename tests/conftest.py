@@ -20,7 +20,10 @@ def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
   """Environment for a child process on `devices` fake CPU devices (JAX reads it at import)."""
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  # A straggling fake device on a busy 2-core machine once exceeded XLA's 40 s collective
+  # rendezvous limit (an abort, not a wrong result); give stragglers more time.
+  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=600")
   env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
   env.update(extra)
   return env
