@@ -161,13 +161,15 @@ def vision_frames(value: Any, vocab: MultimodalVocab, frame_limit: int | None, w
 
   Raises LWMFormatError (kind type/frames/code) without source; the caller adds file and line.
   """
+  tpf = vocab.tokens_per_frame
+  if isinstance(value, list) and not value:
+    raise LWMFormatError("frames", f"{what} is empty, not a whole number (>= 1) of {tpf}-code frames")
   try:
     arr = np.asarray(value) if isinstance(value, list) else None
   except (ValueError, OverflowError):  # ragged frames
     arr = None
   if arr is None or arr.dtype.kind not in "iu" or arr.ndim not in (1, 2):
     raise LWMFormatError("type", f"{what} must be a list of integer VQGAN codes (flat, or one list per frame)")
-  tpf = vocab.tokens_per_frame
   if arr.size == 0 or (arr.ndim == 1 and arr.size % tpf) or (arr.ndim == 2 and arr.shape[1] != tpf):
     raise LWMFormatError("frames", f"{what} has {arr.size} codes in shape {arr.shape}, "
                                    f"not a whole number (>= 1) of {tpf}-code frames")
@@ -285,6 +287,8 @@ class LWMJsonlReader:
 
   def __init__(self, path: str | os.PathLike, vocab: MultimodalVocab, *, options: FormatOptions = FormatOptions(),
                skip_invalid: bool = False, start_line: int = 1):
+    if start_line < 1:
+      raise ValueError(f"start_line is 1-based, got {start_line}")
     self.path, self.vocab, self.options = Path(path), vocab, options
     self.skip_invalid, self.start_line = skip_invalid, start_line
     self.stats = ReadStats()

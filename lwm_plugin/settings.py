@@ -25,7 +25,8 @@ class LWMSettings(BaseModel):
   lwm_tokenizer_path: str = Field(
       "",
       description="SentencePiece model of the text part of the multimodal vocabulary; empty: the LLaMA-2 model "
-      "shipped in the maxtext package (LWM's). MaxText's own `tokenizer_path` is read only by MaxText's input pipelines.",
+      "shipped in the maxtext package (LWM's). MaxText's own `tokenizer_path` is read only by MaxText's input "
+      "pipelines.",
   )
   lwm_codebook_size: int = Field(
       8192, ge=1,
@@ -37,8 +38,9 @@ class LWMSettings(BaseModel):
   )
   lwm_vision_markers: Literal["text", "dedicated"] = Field(
       "text",
-      description="How <vision> and </vision> are encoded: 'text' = ordinary text pieces, as LWM (checkpoint-compatible); "
-      "'dedicated' = two new ids after the vision block (one token each; new rows to train; LLaMA-2 size 40448 -> 40576).",
+      description="How <vision> and </vision> are encoded: 'text' = ordinary text pieces, as LWM "
+      "(checkpoint-compatible); 'dedicated' = two new ids after the vision block (one token each; new rows to "
+      "train; LLaMA-2 size 40448 -> 40576).",
   )
   lwm_per_modality_softmax: bool = Field(
       False,

@@ -90,16 +90,16 @@ def llama2_tokenizer_path() -> Path:
       "install maxtext==0.2.5 or pass a tokenizer path (MultimodalVocab.from_tokenizer / lwm_tokenizer_path)")
 
 
-def train_sentencepiece(lines: Iterable[str], vocab_size: int, *, model_type: str = "bpe") -> bytes:
+def train_sentencepiece(lines: Iterable[str], vocab_size: int) -> bytes:
   """Trains a small LLaMA-style SentencePiece model in-process; returns the serialized model.
 
-  LLaMA-2's settings where they matter for ids and for an exact Hugging Face export: unk 0, bos 1,
-  eos 2, no pad, byte fallback, digits split, identity normalisation, whitespace kept as is. For
+  LLaMA-2's settings where they matter for ids and for an exact Hugging Face export: BPE, unk 0,
+  bos 1, eos 2, no pad, byte fallback, digits split, identity normalisation, whitespace kept as is. For
   demos and tests (e.g. 1000 pieces on a few hundred KB of text, well under a second).
   """
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
+      sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
       byte_fallback=True, split_digits=True, allow_whitespace_only_pieces=True, character_coverage=0.9995,
       normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
       unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2)
@@ -206,6 +206,14 @@ class MultimodalVocab:
     from lwm_plugin.vocab_hf import export_hf_tokenizer
     return export_hf_tokenizer(self, out_dir, model_max_length=model_max_length)
 
+  def check_vocab_size(self, vocab_size: int, where: str = "config key vocab_size") -> None:
+    """Raises ValueError unless a model's embedding/head size equals this vocabulary's `size`."""
+    if vocab_size != self.size:
+      raise ValueError(
+          f"{where}={vocab_size}, but the multimodal vocabulary ({self.source}: text {self.text_size} + vision "
+          f"{self.vision_rows} + markers {len(self.layout.marker_ids)}, rounded up to {SIZE_MULTIPLE}) has "
+          f"{self.size} rows; set vocab_size: {self.size}")
+
   # ------------------------------------------------------------------ ids
   def vision_id(self, code: int) -> int:
     """The merged id of VQGAN code `code`."""
@@ -236,7 +244,8 @@ class MultimodalVocab:
     ids = [int(i) for i in ids]
     for pos, i in enumerate(ids):
       if not 0 <= i < self.text_size:
-        raise ValueError(f"decode_text: id {i} at position {pos} is not a text id (text ids are 0..{self.text_size - 1})")
+        raise ValueError(f"decode_text: id {i} at position {pos} is not a text id "
+                         f"(text ids are 0..{self.text_size - 1})")
     return self.sp.decode(ids)
 
   # ------------------------------------------------------------------ vision

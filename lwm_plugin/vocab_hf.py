@@ -17,7 +17,10 @@ raises instead of exporting a tokenizer that would silently disagree.
 
 Names of the non-text rows (special tokens, skipped by `decode(..., skip_special_tokens=True)`):
 `<|vq_{c}|>` for code c, `<|eof|>`, `<|eov|>`, `<|vq_reserved_{k}|>`, with dedicated markers
-`<vision>` and `</vision>`, then `<|unused_{k}|>` for padding rows.
+`<vision>` and `</vision>`, then `<|unused_{k}|>` for padding rows. As for "<s>", `transformers`
+matches these names in input text (so with dedicated markers the text "<vision>" becomes the marker
+id), whereas `MultimodalVocab.encode_text` never produces a non-text id: the two agree on all text
+that does not spell a special token's name.
 """
 
 from __future__ import annotations
@@ -116,9 +119,9 @@ def export_hf_tokenizer(vocab: MultimodalVocab, out_dir: str | os.PathLike, *,
   """Writes the tokenizer files into `out_dir` (created if needed; other files are left alone)."""
   from data_loaders.chat_template import HF_CHAT_TEMPLATE
 
+  tok = build_hf_tokenizer(vocab)  # raises before anything is written
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  tok = build_hf_tokenizer(vocab)
   bos, eos = vocab.sp.id_to_piece(vocab.bos_id), vocab.sp.id_to_piece(vocab.eos_id)
   special = {"bos_token": bos, "eos_token": eos}
   if vocab.unk_id >= 0:
