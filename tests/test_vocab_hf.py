@@ -7,11 +7,10 @@ import numpy as np
 import pydoc_data.topics
 import pytest
 import sentencepiece as spm
+import transformers
 
-transformers = pytest.importorskip("transformers")
-
-from data_loaders.chat_template import chat_example  # noqa: E402
-from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece  # noqa: E402
+from data_loaders.chat_template import chat_example
+from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece
 
 LINES = [l for t in pydoc_data.topics.topics.values() for l in t.splitlines()]
 EDGE = ["", " ", "  lead", "trail  ", "Hello  world", "a    b", "tab\tand\nnewline\n\n x", "日本語 🤖 emoji",
