@@ -1,0 +1,316 @@
+"""LWM's JSONL data format: one JSON object per line -> token ids, loss mask and vision mask.
+
+The format is LWM's (`lwm/data.py`, `VisionTextProcessor`; LWM issues #47, #73). Each line holds
+a `"fields"` spec and the fields it names:
+
+    {"fields": "[caption],vision", "caption": "a dog on a beach", "vision": [256 * F ints]}
+
+Spec syntax, a comma-separated list of items:
+  name        the field, with loss (loss mask 1)
+  [name]      the field without loss (mask 0), e.g. a prompt
+  a+b         text fields a and b joined by `subfield_separator` (a space)
+  <|bos|>     a BOS token, <|eos|> an EOS token (bracketed: without loss)
+A field whose name contains "vision" is a vision field: a flat list of VQGAN codes, `F *
+tokens_per_frame` long (or a list of F frames), laid out as `<vision> f1 <eof> ... fF <eov> </vision>`.
+Every example starts with BOS (mask 0) and ends with EOS (mask 1), as in LWM.
+
+`"fields"` may be a list of specs: one is drawn per example with `random.Random(example_index)`,
+LWM's modality-order swap (e.g. `["[caption],vision", "[vision],caption"]` alternates text-to-image
+and image-to-text); the reader passes the 0-based line index within the file, as LWM does, so the
+choice is deterministic and survives a resume. `FormatOptions.fields_index` fixes the choice.
+
+A line with `"messages"` instead of `"fields"` is a chat example (`data_loaders.chat_template`).
+
+Differences from LWM, all deliberate: text is encoded without BOS (LWM's HEAD adds a stray one);
+bad input raises `LWMFormatError` naming file and line (LWM prints and drops malformed JSON,
+silently truncates a vision field that is not a whole number of frames, and lets a missing field
+crash with a KeyError); `skip_invalid=True` skips bad lines but counts and logs every one.
+A video over the frame or token budget is subsampled uniformly with LWM's
+`np.linspace(0, F - 1, n).astype(int)`, which keeps the first and the last frame.
+
+Outputs per example: `{"tokens": int32[N], "loss_mask": int32[N], "is_vision": bool[N]}`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from lwm_plugin.vocab import MultimodalVocab
+
+logger = logging.getLogger(__name__)
+
+Example = dict[str, np.ndarray]
+SPECIAL_ITEMS = ("<|bos|>", "<|eos|>")
+
+
+class LWMFormatError(ValueError):
+  """A bad line. `kind` is one of: json, spec, field, type, code, frames, empty."""
+
+  def __init__(self, kind: str, reason: str, source: str = "<line>", line_number: int = 0):
+    self.kind, self.reason, self.source, self.line_number = kind, reason, source, line_number
+    super().__init__(f"{source}:{line_number}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatOptions:
+  """How lines become examples. The defaults are LWM's.
+
+  max_frames         at most this many frames per vision field (LWM `max_n_frames`); None: no limit.
+  max_vision_tokens  at most this many vision-mask tokens (codes + eof/eov) per vision field.
+  default_fields     spec for lines without a `fields` key (e.g. "text" for plain text data).
+  fields_index       pick this spec from a list of specs instead of the per-example random choice.
+  """
+  fields_key: str = "fields"
+  default_fields: str | None = None
+  fields_index: int = -1
+  subfield_separator: str = " "
+  max_frames: int | None = None
+  max_vision_tokens: int | None = None
+  add_bos: bool = True
+  add_eos: bool = True
+
+  def frame_limit(self, vocab: MultimodalVocab) -> int | None:
+    limits = []
+    if self.max_frames is not None:
+      limits.append(self.max_frames)
+    if self.max_vision_tokens is not None:
+      limits.append(self.max_vision_tokens // (vocab.tokens_per_frame + 1))
+    if not limits:
+      return None
+    if min(limits) < 1:
+      raise ValueError(f"FormatOptions: max_frames={self.max_frames}, max_vision_tokens={self.max_vision_tokens} "
+                       f"leave room for no frame of {vocab.tokens_per_frame} codes + <eof>/<eov>")
+    return min(limits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One item of a fields spec: `kind` is text, vision, bos or eos."""
+  kind: str
+  names: tuple[str, ...]
+  loss: bool
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_fields_spec(spec: str) -> tuple[Item, ...]:
+  """Parses `"[a+b],vision,<|eos|>"`; raises ValueError on an empty or malformed item."""
+  if not spec.strip():
+    raise ValueError("empty fields spec")
+  items = []
+  for raw in spec.split(","):
+    body, loss = raw, True
+    if raw.startswith("[") and raw.endswith("]"):
+      body, loss = raw[1:-1], False
+    if not body or "[" in body or "]" in body:
+      raise ValueError(f"malformed item {raw!r} in fields spec {spec!r}")
+    if body.startswith("<|") and body.endswith("|>"):
+      if body not in SPECIAL_ITEMS:
+        raise ValueError(f"unknown special item {body!r} in fields spec {spec!r} (known: {', '.join(SPECIAL_ITEMS)})")
+      items.append(Item(body[2:-2], (), loss))
+      continue
+    names = tuple(body.split("+"))
+    if any(not n for n in names):
+      raise ValueError(f"empty field name in item {raw!r} of fields spec {spec!r}")
+    is_vision = ["vision" in n for n in names]
+    if any(is_vision) and len(names) > 1:
+      raise ValueError(f"'+' cannot join vision fields: item {raw!r} of fields spec {spec!r}")
+    items.append(Item("vision" if is_vision[0] else "text", names, loss))
+  return tuple(items)
+
+
+class ExampleBuilder:
+  """Accumulates (ids, loss, vision) pieces and emits the example arrays."""
+
+  def __init__(self, vocab: MultimodalVocab):
+    self.vocab = vocab
+    self.tokens: list[np.ndarray] = []
+    self.loss: list[np.ndarray] = []
+    self.vision: list[np.ndarray] = []
+    self.content = 0  # tokens other than the automatic BOS/EOS
+
+  def add(self, ids: Any, loss: bool, content: bool = True) -> None:
+    ids = np.asarray(ids, np.int32).reshape(-1)
+    self.tokens.append(ids)
+    self.loss.append(np.full(ids.shape, int(loss), np.int32))
+    self.vision.append(self.vocab.is_vision(ids))
+    self.content += len(ids) if content else 0
+
+  def add_text(self, text: str, loss: bool) -> None:
+    self.add(self.vocab.encode_text(text), loss)
+
+  def add_vision(self, codes_FxT: np.ndarray, loss: bool) -> None:
+    self.add(self.vocab.encode_video(codes_FxT), loss)
+
+  def build(self) -> Example:
+    return {"tokens": np.concatenate(self.tokens), "loss_mask": np.concatenate(self.loss),
+            "is_vision": np.concatenate(self.vision)}
+
+
+def vision_frames(value: Any, vocab: MultimodalVocab, frame_limit: int | None, what: str) -> np.ndarray:
+  """A vision field (flat codes or a list of frames) -> int64 [F, tokens_per_frame], subsampled to the limit.
+
+  Raises LWMFormatError (kind type/frames/code) without source; the caller adds file and line.
+  """
+  tpf = vocab.tokens_per_frame
+  if isinstance(value, list) and not value:
+    raise LWMFormatError("frames", f"{what} is empty, not a whole number (>= 1) of {tpf}-code frames")
+  try:
+    arr = np.asarray(value) if isinstance(value, list) else None
+  except (ValueError, OverflowError):  # ragged frames
+    arr = None
+  if arr is None or arr.dtype.kind not in "iu" or arr.ndim not in (1, 2):
+    raise LWMFormatError("type", f"{what} must be a list of integer VQGAN codes (flat, or one list per frame)")
+  if arr.size == 0 or (arr.ndim == 1 and arr.size % tpf) or (arr.ndim == 2 and arr.shape[1] != tpf):
+    raise LWMFormatError("frames", f"{what} has {arr.size} codes in shape {arr.shape}, "
+                                   f"not a whole number (>= 1) of {tpf}-code frames")
+  lo, hi = int(arr.min()), int(arr.max())
+  if lo < 0 or hi >= vocab.codebook_size:
+    raise LWMFormatError("code", f"{what}: vision code {lo if lo < 0 else hi} out of range [0, {vocab.codebook_size})")
+  frames = arr.reshape(-1, tpf).astype(np.int64)
+  if frame_limit is not None and len(frames) > frame_limit:
+    frames = frames[np.linspace(0, len(frames) - 1, frame_limit).astype(int)]
+  return frames
+
+
+def choose_spec(fields: Any, example_index: int, options: FormatOptions) -> str:
+  """The spec string of one example: the spec itself, or one of a list (LWM's modality swap)."""
+  if isinstance(fields, str):
+    return fields
+  if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
+    raise LWMFormatError("spec", f"{options.fields_key!r} must be a spec string or a non-empty list of them, "
+                                 f"got {json.dumps(fields)[:200]}")
+  if options.fields_index >= 0:
+    if options.fields_index >= len(fields):
+      raise LWMFormatError("spec", f"fields_index={options.fields_index} but the line has {len(fields)} specs")
+    return fields[options.fields_index]
+  return random.Random(example_index).choice(fields)
+
+
+def example_from_line(line: str | bytes | Mapping[str, Any], vocab: MultimodalVocab, *, source: str = "<line>",
+                      line_number: int = 0, example_index: int = 0,
+                      options: FormatOptions = FormatOptions()) -> Example:
+  """One JSONL line (or its parsed object) -> `{"tokens", "loss_mask", "is_vision"}`.
+
+  `example_index` seeds the choice among several specs (LWM: the 0-based line index in the file).
+  Raises `LWMFormatError` naming `source:line_number`.
+  """
+  try:
+    return _example(line, vocab, example_index, options)
+  except LWMFormatError as e:
+    raise LWMFormatError(e.kind, e.reason, source, line_number) from None
+
+
+def _example(line: Any, vocab: MultimodalVocab, example_index: int, options: FormatOptions) -> Example:
+  if isinstance(line, (str, bytes)):
+    try:
+      obj = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise LWMFormatError("json", f"malformed JSON ({e})") from None
+  else:
+    obj = line
+  if not isinstance(obj, Mapping):
+    raise LWMFormatError("json", f"expected a JSON object, got {type(obj).__name__}")
+  if options.fields_key not in obj and "messages" in obj:
+    from data_loaders.chat_template import chat_example  # imports this module
+    return chat_example(vocab, obj["messages"], frame_limit=options.frame_limit(vocab))
+  if options.fields_key in obj:
+    spec = choose_spec(obj[options.fields_key], example_index, options)
+  elif options.default_fields is not None:
+    spec = options.default_fields
+  else:
+    raise LWMFormatError("field", f"missing field {options.fields_key!r} (and no default_fields); "
+                                  f"the line has keys {sorted(obj)[:20]}")
+  try:
+    items = parse_fields_spec(spec)
+  except ValueError as e:
+    raise LWMFormatError("spec", str(e)) from None
+  builder = ExampleBuilder(vocab)
+  if options.add_bos:
+    builder.add([vocab.bos_id], loss=False, content=False)
+  for item in items:
+    if item.kind in ("bos", "eos"):
+      builder.add([vocab.bos_id if item.kind == "bos" else vocab.eos_id], item.loss)
+      continue
+    for name in item.names:
+      if name not in obj:
+        raise LWMFormatError("field", f"missing field {name!r} named by fields spec {spec!r}; "
+                                      f"the line has keys {sorted(obj)[:20]}")
+    if item.kind == "vision":
+      name = item.names[0]
+      builder.add_vision(vision_frames(obj[name], vocab, options.frame_limit(vocab), f"field {name!r}"), item.loss)
+    else:
+      values = [obj[n] for n in item.names]
+      for n, v in zip(item.names, values):
+        if not isinstance(v, str):
+          raise LWMFormatError("type", f"text field {n!r} must be a string, got {type(v).__name__}")
+      builder.add_text(options.subfield_separator.join(values), item.loss)
+  if builder.content == 0:
+    raise LWMFormatError("empty", f"empty example: fields spec {spec!r} produced no tokens")
+  if options.add_eos:
+    builder.add([vocab.eos_id], loss=True, content=False)
+  return builder.build()
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+  """Where an example came from: file, 1-based line number, and the index that seeded its spec choice."""
+  source: str
+  line_number: int
+  example_index: int
+
+
+@dataclasses.dataclass
+class ReadStats:
+  examples: int = 0
+  skipped: int = 0
+  skipped_by_kind: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+class LWMJsonlReader:
+  """Iterates `(example, Provenance)` over one LWM JSONL file.
+
+  Bad lines raise `LWMFormatError` (file:line) unless `skip_invalid=True`, which skips them, logs
+  each at WARNING and counts them in `stats` (by kind). `start_line` (1-based) resumes mid-file;
+  the spec choice depends only on the line index, so a resumed read yields the same examples.
+  A blank line is an invalid (empty) example, never silently passed over.
+  """
+
+  def __init__(self, path: str | os.PathLike, vocab: MultimodalVocab, *, options: FormatOptions = FormatOptions(),
+               skip_invalid: bool = False, start_line: int = 1):
+    if start_line < 1:
+      raise ValueError(f"start_line is 1-based, got {start_line}")
+    self.path, self.vocab, self.options = Path(path), vocab, options
+    self.skip_invalid, self.start_line = skip_invalid, start_line
+    self.stats = ReadStats()
+    options.frame_limit(vocab)  # validates the budget before any line is read
+
+  def __iter__(self) -> Iterator[tuple[Example, Provenance]]:
+    source = str(self.path)
+    with open(self.path, "rb") as f:
+      for line_number, raw in enumerate(f, start=1):
+        if line_number < self.start_line:
+          continue
+        try:
+          if not raw.strip():
+            raise LWMFormatError("empty", "blank line", source, line_number)
+          example = example_from_line(raw, self.vocab, source=source, line_number=line_number,
+                                      example_index=line_number - 1, options=self.options)
+        except LWMFormatError as e:
+          if not self.skip_invalid:
+            raise
+          self.stats.skipped += 1
+          self.stats.skipped_by_kind[e.kind] += 1
+          logger.warning("skipped invalid line: %s", e)
+          continue
+        self.stats.examples += 1
+        yield example, Provenance(source, line_number, line_number - 1)

@@ -1,0 +1,257 @@
+"""A deterministic synthetic corpus in LWM's JSONL format: needles in haystacks, shapes and colours.
+
+Nothing is downloaded: text comes from a small grammar, images and videos from a renderer of
+coloured shapes on a 16 x 16 code grid. Everything is a pure function of a seed, so the demo and
+the tests see the same data on every machine.
+
+* Text documents: filler sentences with planted facts in the paper's needle format,
+  "The special magic {city} number is: {7 digits}." (LWM `eval_needle.py`).
+* Retrieval chats: a document with needles plus a question in the chat template
+  (`data_loaders.chat_template`), the answer being the number(s): the long-context QA of the chat
+  stages, single-needle and multi-needle (N facts in the context, R asked; paper Table 3).
+* Images and videos whose codes are predictable from the caption: each colour owns a band of
+  codes and each shape a texture pattern inside it, so "a red circle at the top left on a blue
+  background" determines the frame up to the texture. Videos move the shape a fixed number of
+  cells per frame. Lines carry both modality orders (`["[caption],vision", "[vision],caption"]`).
+
+Token counts depend on the tokenizer; the generator works in sentences and frames and leaves
+budgets in tokens to the loader (packing, truncation) and to the needle evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+CITIES = (
+    "Amsterdam", "Athens", "Bangkok", "Barcelona", "Berlin", "Bogota", "Boston", "Brussels", "Budapest", "Cairo",
+    "Chicago", "Copenhagen", "Dublin", "Helsinki", "Istanbul", "Jakarta", "Kyoto", "Lagos", "Lima", "Lisbon",
+    "London", "Madrid", "Manila", "Melbourne", "Mexico", "Milan", "Montreal", "Moscow", "Mumbai", "Nairobi",
+    "Oslo", "Paris", "Prague", "Rome", "Santiago", "Seoul", "Stockholm", "Sydney", "Tokyo", "Toronto",
+    "Vienna", "Warsaw", "Zurich",
+)
+
+_SUBJECTS = ("the old farmer", "a quiet student", "the river", "my neighbour", "the small boat", "a tall tree",
+             "the baker", "the morning train", "a grey cat", "the lighthouse", "our teacher", "the market")
+_VERBS = ("walked past", "looked at", "waited near", "talked about", "painted", "followed", "remembered",
+          "carried", "noticed", "visited", "forgot", "described")
+_OBJECTS = ("the green hills", "a wooden bridge", "the empty square", "an open window", "the long road",
+            "a field of wheat", "the harbour", "a broken clock", "the evening sky", "a stone wall",
+            "the crowded street", "a letter")
+_ENDINGS = ("before noon", "in the rain", "without a word", "for a while", "once again", "at dusk",
+            "with some care", "after lunch", "as usual", "in silence")
+
+COLOURS = ("red", "green", "blue", "yellow", "white", "black", "purple", "orange")
+SHAPES = ("square", "circle", "triangle", "cross")
+_PLACES = {"top left": (0, 0), "top right": (0, 1), "bottom left": (1, 0), "bottom right": (1, 1)}
+_MOVES = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
+GRID = 16  # 16 x 16 codes per frame, as LWM's VQGAN
+SHAPE_SIZE = 6
+
+
+def needle_sentence(city: str, number: str) -> str:
+  """The paper's needle (LWM `eval_needle.py`)."""
+  return f"The special magic {city} number is: {number}."
+
+
+def needle_question(cities: Sequence[str]) -> str:
+  """LWM's single-needle question, or its multi-needle form for several cities."""
+  if len(cities) == 1:
+    return f"What is the special magic {cities[0]} number?"
+  names = ", ".join(cities[:-1]) + f", and {cities[-1]}" if len(cities) > 2 else " and ".join(cities)
+  return f"What are the special magic numbers for {names}?"
+
+
+def needle_answer(numbers: Sequence[str]) -> str:
+  return ", ".join(numbers)
+
+
+def filler_sentences(rng: np.random.Generator, n: int) -> list[str]:
+  """`n` sentences of haystack text from a small grammar."""
+  picks = [rng.integers(len(part), size=n) for part in (_SUBJECTS, _VERBS, _OBJECTS, _ENDINGS)]
+  return [f"{_SUBJECTS[s].capitalize()} {_VERBS[v]} {_OBJECTS[o]} {_ENDINGS[e]}."
+          for s, v, o, e in zip(*picks)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Needle:
+  city: str
+  number: str
+  depth: float  # fraction of the document before the needle, 0..1
+
+  @property
+  def sentence(self) -> str:
+    return needle_sentence(self.city, self.number)
+
+
+def random_needles(rng: np.random.Generator, count: int, depths: Sequence[float] | None = None) -> list[Needle]:
+  """`count` needles with distinct cities and 7-digit numbers, at random (or given) depths."""
+  cities = rng.choice(len(CITIES), size=count, replace=False)
+  numbers = rng.integers(1_000_000, 10_000_000, size=count)
+  depths = rng.uniform(0.0, 1.0, size=count) if depths is None else depths
+  return [Needle(CITIES[c], str(n), float(d)) for c, n, d in zip(cities, numbers, depths)]
+
+
+def plant(sentences: Sequence[str], needles: Iterable[Needle]) -> str:
+  """Inserts each needle sentence at its depth, on a sentence boundary."""
+  out = list(sentences)
+  for needle in sorted(needles, key=lambda n: n.depth, reverse=True):
+    out.insert(int(round(needle.depth * len(sentences))), needle.sentence)
+  return " ".join(out)
+
+
+def text_document(rng: np.random.Generator, n_sentences: int, n_needles: int) -> dict[str, Any]:
+  """A plain text document (loss on every token) with planted needles."""
+  return {"fields": "text", "text": plant(filler_sentences(rng, n_sentences), random_needles(rng, n_needles))}
+
+
+def retrieval_chat(rng: np.random.Generator, n_sentences: int, n_needles: int, n_asked: int) -> dict[str, Any]:
+  """A chat example: a document with `n_needles` facts, a question about `n_asked` of them, the answer."""
+  needles = random_needles(rng, n_needles)
+  asked = [needles[i] for i in sorted(rng.choice(n_needles, size=n_asked, replace=False))]
+  document = plant(filler_sentences(rng, n_sentences), needles)
+  question = needle_question([n.city for n in asked])
+  return {"messages": [{"role": "user", "content": f"{document} {question}"},
+                       {"role": "assistant", "content": needle_answer([n.number for n in asked])}]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes and colours
+# ----------------------------------------------------------------------------------------------
+
+
+def colour_code(colour: int, texture: int, codebook_size: int) -> int:
+  """Code of a cell: each colour owns an equal band of the codebook, each texture a code in it."""
+  band = codebook_size // len(COLOURS)
+  if band < len(SHAPES) + 1:
+    raise ValueError(f"codebook_size={codebook_size} too small: need at least {len(COLOURS) * (len(SHAPES) + 1)}")
+  return colour * band + texture
+
+
+def _shape_mask(shape: str) -> np.ndarray:
+  s = SHAPE_SIZE
+  r, c = np.mgrid[0:s, 0:s]
+  centre = (s - 1) / 2
+  if shape == "square":
+    return np.ones((s, s), bool)
+  if shape == "circle":
+    return (r - centre) ** 2 + (c - centre) ** 2 <= (s / 2) ** 2
+  if shape == "triangle":
+    return np.abs(c - centre) <= r / 2 + 0.5
+  if shape == "cross":
+    return (np.abs(r - centre) < 1) | (np.abs(c - centre) < 1)
+  raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def render_frame(shape: str, colour: str, background: str, row: int, col: int, codebook_size: int) -> np.ndarray:
+  """A 16 x 16 frame (flattened row-major) with the shape's top-left cell at (row, col)."""
+  if not (0 <= row <= GRID - SHAPE_SIZE and 0 <= col <= GRID - SHAPE_SIZE):
+    raise ValueError(f"shape at ({row}, {col}) does not fit a {GRID}x{GRID} frame")
+  frame = np.full((GRID, GRID), colour_code(COLOURS.index(background), 0, codebook_size), np.int32)
+  texture = 1 + SHAPES.index(shape)
+  window = frame[row:row + SHAPE_SIZE, col:col + SHAPE_SIZE]
+  window[_shape_mask(shape)] = colour_code(COLOURS.index(colour), texture, codebook_size)
+  return frame.reshape(-1)
+
+
+def _pick_scene(rng: np.random.Generator) -> tuple[str, str, str]:
+  colour, background = rng.choice(len(COLOURS), size=2, replace=False)
+  return SHAPES[rng.integers(len(SHAPES))], COLOURS[colour], COLOURS[background]
+
+
+def image_caption(rng: np.random.Generator, codebook_size: int) -> dict[str, Any]:
+  """An image-caption pair in both modality orders (text-to-image and captioning)."""
+  shape, colour, background = _pick_scene(rng)
+  place = list(_PLACES)[rng.integers(len(_PLACES))]
+  r, c = _PLACES[place]
+  far = GRID - SHAPE_SIZE - 1
+  codes = render_frame(shape, colour, background, 1 + r * (far - 1), 1 + c * (far - 1), codebook_size)
+  caption = f"a {colour} {shape} at the {place} on a {background} background"
+  return {"fields": ["[caption],vision", "[vision],caption"], "caption": caption, "vision": codes.tolist()}
+
+
+def video_caption(rng: np.random.Generator, n_frames: int, codebook_size: int) -> dict[str, Any]:
+  """A short video of a shape moving one cell per frame, in both modality orders."""
+  shape, colour, background = _pick_scene(rng)
+  move = list(_MOVES)[rng.integers(len(_MOVES))]
+  dr, dc = _MOVES[move]
+  span = GRID - SHAPE_SIZE
+  if n_frames > span + 1:
+    raise ValueError(f"n_frames={n_frames}: a shape can move at most {span} cells in a {GRID}-cell frame")
+  start_r = span // 2 if dr == 0 else (0 if dr > 0 else span)
+  start_c = span // 2 if dc == 0 else (0 if dc > 0 else span)
+  frames = [render_frame(shape, colour, background, start_r + i * dr, start_c + i * dc, codebook_size)
+            for i in range(n_frames)]
+  caption = f"a {colour} {shape} moving {move} on a {background} background"
+  return {"fields": ["[caption],vision", "[vision],caption"], "caption": caption,
+          "vision": np.concatenate(frames).tolist()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+
+
+def write_jsonl(path: str | os.PathLike, lines: Iterable[dict[str, Any]]) -> Path:
+  """Writes one JSON object per line, atomically (temp file in the same directory, then rename)."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      for line in lines:
+        f.write(json.dumps(line, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+  return path
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+  """How much of each kind of data to generate (all counts are lines)."""
+  seed: int = 0
+  text_documents: int = 200
+  document_sentences: tuple[int, int] = (20, 200)
+  needles_per_document: int = 2
+  retrieval_chats: int = 400
+  chat_needles: tuple[int, ...] = (1, 2, 4)  # N facts per context; R asked is 1 or 2 (at most N)
+  images: int = 400
+  videos: int = 100
+  video_frames: int = 4
+  codebook_size: int = 8192
+
+
+def generate_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec()) -> dict[str, Path]:
+  """Writes `text.jsonl`, `retrieval_chat.jsonl`, `image.jsonl`, `video.jsonl` under `out_dir`.
+
+  Each file has its own random stream (seeded from `spec.seed` and the file's name), so changing
+  one count does not change the other files.
+  """
+  out = Path(out_dir)
+
+  def rng_for(name: str) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, zlib.crc32(name.encode())])
+
+  lo, hi = spec.document_sentences
+  r = rng_for("text")
+  text = [text_document(r, int(r.integers(lo, hi + 1)), spec.needles_per_document) for _ in range(spec.text_documents)]
+  r = rng_for("retrieval_chat")
+  chats = []
+  for _ in range(spec.retrieval_chats):
+    n = int(r.choice(spec.chat_needles))
+    chats.append(retrieval_chat(r, int(r.integers(lo, hi + 1)), n, int(r.integers(1, min(n, 2) + 1))))
+  r = rng_for("image")
+  images = [image_caption(r, spec.codebook_size) for _ in range(spec.images)]
+  r = rng_for("video")
+  videos = [video_caption(r, spec.video_frames, spec.codebook_size) for _ in range(spec.videos)]
+  return {name: write_jsonl(out / f"{name}.jsonl", lines)
+          for name, lines in (("text", text), ("retrieval_chat", chats), ("image", images), ("video", videos))}
