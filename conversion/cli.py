@@ -1,14 +1,14 @@
 """`lwm-convert`: checkpoint conversion between MaxText (Orbax), Hugging Face and released LWM Jax files.
 
   lwm-convert to-hf    --config CONFIG.yml --checkpoint ORBAX_ITEMS_DIR --output DIR
-                       [--dtype bfloat16|float32] [--tokenizer SPM | --no-tokenizer] [--max-shard-size 5GB]
+                       [--dtype bfloat16|float32] [--no-tokenizer] [--max-shard-size 5GB]
   lwm-convert from-hf  --config CONFIG.yml --hf HF_DIR --output DIR [--extend-vocab] [--dtype float32|bfloat16]
   lwm-convert from-lwm --config CONFIG.yml --lwm PARAMS_FILE --output DIR [--extend-vocab] [--dtype ...]
 
 Each command also takes MaxText `key=value` overrides after its options (as `lwm-train` does).
-CONFIG.yml gives the architecture (dims, theta, stage length, vocabulary size, scan layout); it is a
-path or the name of a shipped file in `maxtext_configs/`. The tokenizer defaults to LLaMA-2's
-SentencePiece model (the vocabulary LWM uses). Outputs are written to a temporary directory and
+CONFIG.yml gives the architecture (dims, theta, stage length, vocabulary size, scan layout) and the
+vocabulary (`lwm_tokenizer_path`, `lwm_codebook_size`, ...: default LLaMA-2 + LWM's 8192 codes); it
+is a path or the name of a shipped file in `maxtext_configs/`. Outputs are written to a temporary directory and
 renamed into place at the end: a failed or interrupted run leaves no output directory. Conversion
 always runs on the host CPU. Also runnable as `python -m conversion ...`.
 """
@@ -44,14 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="MaxText/LWM config (.yml) describing the model")
     p.add_argument("--output", required=True, help="output directory (must not exist)")
     p.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), default=dtype_default, help=dtype_help)
-    p.add_argument("--tokenizer", help="SentencePiece model of the text vocabulary (default: LLaMA-2's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="MaxText config overrides")
 
   p = sub.add_parser("to-hf", help="MaxText Orbax params -> Hugging Face LlamaForCausalLM directory")
   common(p, "bfloat16", "weights dtype in the safetensors files (default: bfloat16)")
   p.add_argument("--checkpoint", required=True, help="MaxText checkpoint: <run>/checkpoints/<step>/items")
-  p.add_argument("--no-tokenizer", action="store_true", help="write no tokenizer files (vocab_size is not checked)")
+  p.add_argument("--no-tokenizer", action="store_true",
+                 help="write no tokenizer files (for models trained without the LWM vocabulary; vocab_size unchecked)")
   p.add_argument("--max-shard-size", type=_size, default="5GB", help="largest safetensors shard (default 5GB)")
 
   p = sub.add_parser("from-hf", help="Hugging Face Llama directory -> MaxText Orbax checkpoint")
@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> None:
   if args.command == "to-hf":
     from conversion import to_hf
 
-    vocab = None if args.no_tokenizer else vocab_lib.load(args.tokenizer)
+    vocab = None if args.no_tokenizer else vocab_lib.load(config)
     to_hf.convert(spec, args.checkpoint, args.output, vocab=vocab, dtype=args.dtype,
                   max_shard_bytes=args.max_shard_size, progress=progress)
     return
@@ -97,19 +97,20 @@ def _run(args: argparse.Namespace) -> None:
   if args.command == "from-hf":
     from conversion import from_hf
 
-    vocab = vocab_lib.load(args.tokenizer) if args.extend_vocab else None
+    vocab = vocab_lib.load(config) if args.extend_vocab else None
     from_hf.convert(spec, args.hf, args.output, vocab=vocab, extend_vocab=args.extend_vocab, dtype=dtype,
                     progress=progress)
   else:
     from conversion import from_lwm
 
-    from_lwm.convert(spec, args.lwm, args.output, vocab=vocab_lib.load(args.tokenizer),
+    from_lwm.convert(spec, args.lwm, args.output, vocab=vocab_lib.load(config),
                      extend_vocab=args.extend_vocab, dtype=dtype, progress=progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")   # before JAX is imported: conversion runs on the host
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # no "PyTorch was not found" notice
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("conversion").setLevel(logging.INFO)
   from conversion.spec import ConversionError  # pylint: disable=import-outside-toplevel

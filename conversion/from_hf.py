@@ -31,7 +31,8 @@ from conversion import atomic, hooks, names
 from conversion.orbax_params import ParamsWriter
 from conversion.safetensors_io import ShardedReader, dtype_from_name
 from conversion.spec import ConversionError, ModelSpec, check_hf_config, read_hf_config
-from conversion.vocab import Vocabulary, describe
+from conversion.vocab import describe
+from lwm_plugin.vocab import MultimodalVocab
 
 log = logging.getLogger(__name__)
 VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
@@ -47,7 +48,7 @@ class HfSource(Protocol):
     ...
 
 
-def check_extension(vocab: Vocabulary | None, source_rows: int, spec: ModelSpec, extend: bool, where: str) -> None:
+def check_extension(vocab: MultimodalVocab | None, source_rows: int, spec: ModelSpec, extend: bool, where: str) -> None:
   """Vocabulary size rules: equal sizes, or --extend-vocab from the text to the multimodal vocabulary."""
   if not extend:
     if source_rows != spec.V:
@@ -92,7 +93,7 @@ def write_maxtext(spec: ModelSpec, source: HfSource, source_rows: int, output: s
   return Path(output)
 
 
-def convert(spec: ModelSpec, hf_dir: str | os.PathLike, output: str | os.PathLike, *, vocab: Vocabulary | None,
+def convert(spec: ModelSpec, hf_dir: str | os.PathLike, output: str | os.PathLike, *, vocab: MultimodalVocab | None,
             extend_vocab: bool = False, dtype: str = "float32", progress: bool = True) -> Path:
   """Hugging Face directory -> MaxText checkpoint at `output` (`<output>/0/items`)."""
   hf_dir = Path(hf_dir)

@@ -30,7 +30,8 @@ from conversion import hooks
 from conversion.from_hf import check_extension, write_maxtext
 from conversion.lwm_format import Key, LwmFile
 from conversion.spec import ConversionError, ModelSpec
-from conversion.vocab import Vocabulary, check_vision_layout
+from conversion.vocab import check_lwm_tables
+from lwm_plugin.vocab import MultimodalVocab
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _layer_shape(sub: Key, spec: ModelSpec) -> tuple[int, ...]:
 class LwmSource:
   """An LWM params file seen as Hugging Face tensors (`from_hf.HfSource`)."""
 
-  def __init__(self, lwm: LwmFile, spec: ModelSpec, vocab: Vocabulary | None, extend_vocab: bool):
+  def __init__(self, lwm: LwmFile, spec: ModelSpec, vocab: MultimodalVocab | None, extend_vocab: bool):
     self._lwm, self._spec = lwm, spec
     self._where = str(lwm.path)
     # HF name -> (LWM key, layer index or None, hook)
@@ -124,22 +125,18 @@ class LwmSource:
     self._check_shape(key, (self._spec.E,))
     self._put("model.norm.weight", key, None, hooks.Identity(), (self._spec.E,))
 
-  def _add_vocab(self, keys: set[Key], vocab: Vocabulary | None, extend_vocab: bool) -> None:
+  def _add_vocab(self, keys: set[Key], vocab: MultimodalVocab | None, extend_vocab: bool) -> None:
     spec = self._spec
     if spec.tie_embeddings:
       raise ConversionError("LWM models have a separate output head; the config has logits_via_embedding=true")
     for key in (TEXT_EMBED, TEXT_HEAD) + ((VISION_EMBED, VISION_HEAD) if self.vision else ()):
       self._require(key, keys)
-    text_rows, vision_rows = self._lwm.shape(TEXT_EMBED)[0], 0
-    self._check_shape(TEXT_EMBED, (text_rows, spec.E))
-    self._check_shape(TEXT_HEAD, (spec.E, text_rows))
+    text_rows = self._lwm.shape(TEXT_EMBED)[0]
+    vision_rows = self._lwm.shape(VISION_EMBED)[0] if self.vision else 0
     if self.vision:
-      vision_rows = self._lwm.shape(VISION_EMBED)[0]
-      self._check_shape(VISION_EMBED, (vision_rows, spec.E))
-      self._check_shape(VISION_HEAD, (spec.E, vision_rows))
       if vocab is None:
         raise ConversionError("a vision LWM checkpoint needs the multimodal vocabulary")
-      check_vision_layout(vocab, text_rows, vision_rows, self._where)
+      check_lwm_tables(vocab, text_rows, vision_rows, self._where)
       if spec.V != vocab.size:
         raise ConversionError(f"{self._where}: vocabulary size mismatch: a vision model needs the multimodal "
                               f"vocabulary ({vocab.size} ids), the config has vocab_size={spec.V}")
@@ -147,6 +144,11 @@ class LwmSource:
     else:
       check_extension(vocab, text_rows, spec, extend_vocab, self._where)
       self.rows = text_rows
+    self._check_shape(TEXT_EMBED, (text_rows, spec.E))
+    self._check_shape(TEXT_HEAD, (spec.E, text_rows))
+    if self.vision:
+      self._check_shape(VISION_EMBED, (vision_rows, spec.E))
+      self._check_shape(VISION_HEAD, (spec.E, vision_rows))
     self._put(EMBED, TEXT_EMBED, None, hooks.Identity(), (self.rows, spec.E))
     self._put(HEAD, TEXT_HEAD, None, hooks.Transpose(), (self.rows, spec.E))
 
@@ -178,7 +180,7 @@ class LwmSource:
     return hook.to_hf(x[layer] if layer is not None else x)
 
 
-def convert(spec: ModelSpec, lwm_file: str | os.PathLike, output: str | os.PathLike, *, vocab: Vocabulary | None,
+def convert(spec: ModelSpec, lwm_file: str | os.PathLike, output: str | os.PathLike, *, vocab: MultimodalVocab | None,
             extend_vocab: bool = False, dtype: str = "float32", progress: bool = True) -> Path:
   """LWM params file -> MaxText checkpoint at `output` (`<output>/0/items`)."""
   source = LwmSource(LwmFile(lwm_file), spec, vocab, extend_vocab)

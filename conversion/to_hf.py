@@ -18,10 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from conversion import atomic, names
+from conversion import vocab as vocab_lib
 from conversion.orbax_params import ParamsReader
 from conversion.safetensors_io import DEFAULT_SHARD_BYTES, Entry, ShardedWriter, dtype_from_name
 from conversion.spec import ModelSpec
-from conversion.vocab import Vocabulary, check_model_vocab
+from lwm_plugin.vocab import MultimodalVocab
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +37,13 @@ def _source_rules(spec: ModelSpec, reader: ParamsReader) -> list[names.Rule]:
   return rules
 
 
-def _token_ids(out_dir: Path) -> dict[str, int | None]:
-  """bos/eos/pad ids of the exported tokenizer, as transformers reads them."""
-  from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel  (slow import)
-
-  tok = AutoTokenizer.from_pretrained(str(out_dir))
-  return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-
-
-def convert(spec: ModelSpec, checkpoint: str | os.PathLike, output: str | os.PathLike, *, vocab: Vocabulary | None,
+def convert(spec: ModelSpec, checkpoint: str | os.PathLike, output: str | os.PathLike, *, vocab: MultimodalVocab | None,
             dtype: str = "bfloat16", max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True) -> Path:
   """Writes the Hugging Face model directory `output`; `vocab=None` writes no tokenizer files."""
   out_dtype = dtype_from_name(dtype)
   reader = ParamsReader(checkpoint)
+  multimodal = vocab is not None and vocab_lib.is_multimodal(vocab, spec.V, "config")
   if vocab is not None:
-    multimodal = check_model_vocab(vocab, spec.V, "config")
     log.info("vocabulary: %s model (%d ids)", "multimodal" if multimodal else "text-only", spec.V)
   rules = _source_rules(spec, reader)
   plan = [Entry(name, rule.hf_shape, out_dtype) for rule in rules for name in rule.hf_names]
@@ -71,8 +64,8 @@ def convert(spec: ModelSpec, checkpoint: str | os.PathLike, output: str | os.Pat
       raise
     ids: dict[str, int | None] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     if vocab is not None:
-      vocab.export_hf_tokenizer(tmp)
-      ids = _token_ids(tmp)
+      vocab_lib.export_tokenizer(vocab, tmp, multimodal=multimodal, model_max_length=spec.max_positions)
+      ids.update(bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id)
     config = spec.hf_config(dtype=dtype, **ids)
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     generation = {k: v for k, v in ids.items() if v is not None}
