@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> None:
     to_hf.convert(spec, args.checkpoint, args.output, vocab=vocab, dtype=args.dtype,
                   max_shard_bytes=args.max_shard_size, progress=progress)
     return
-  dtype = args.dtype or str(config.weight_dtype)
+  dtype = args.dtype or str(getattr(config.weight_dtype, "value", config.weight_dtype))
   if args.command == "from-hf":
     from conversion import from_hf
 

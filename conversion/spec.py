@@ -69,6 +69,9 @@ class ModelSpec:
                             "(Llama's MLP is ['silu', 'linear'])")
     if config.scan_layers and config.param_scan_axis != 1:
       raise ConversionError(f"config key param_scan_axis={config.param_scan_axis} is not supported (must be 1)")
+    if config.logits_via_embedding and getattr(config, "normalize_embedding_logits", False):
+      raise ConversionError("config keys logits_via_embedding=true with normalize_embedding_logits=true divide the "
+                            "logits by sqrt(emb_dim), which Llama does not; set normalize_embedding_logits: false")
     partial = getattr(config, "partial_rotary_factor", None)
     if partial not in (None, 1.0):
       raise ConversionError(f"config key partial_rotary_factor={partial} is not supported (must be 1.0)")

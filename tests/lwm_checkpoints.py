@@ -89,3 +89,50 @@ def expected_hf(tree, *, H, L, rows):
     pad = np.broadcast_to(table.astype(np.float64).mean(0).astype(np.float32), (rows - table.shape[0], table.shape[1]))
     out[name] = np.concatenate([table, pad])
   return out
+
+
+def lwm_logits(tree, tokens, *, heads, theta, eps):
+  """LWM's forward (lwm/llama.py, lwm/vision_llama.py) in float64 numpy, as merged-vocabulary logits.
+
+  Interleaved complex RoPE, causal softmax attention, SwiGLU, RMSNorm; text ids read `wte`, vision
+  ids (text_size + v) read `vte`; the logits are LWM's two heads side by side ([lm_head, vision_head]).
+  """
+  f64 = lambda k: np.asarray(tree[k], np.float64)
+  scanned = SCAN + ("attention", "wq", "kernel") in tree
+  layer = lambda i, *sub: f64(SCAN + sub)[i] if scanned else f64(("transformer", "h", str(i)) + sub)
+  n_layers = f64(SCAN + ("attention_norm", "kernel")).shape[0] if scanned else sum(
+      1 for k in tree if k[:2] == ("transformer", "h") and k[3:] == ("attention_norm", "kernel"))
+  embed = f64(("transformer", "wte", "embedding"))
+  head = f64(("lm_head", "kernel"))
+  if ("transformer", "vte", "embedding") in tree:
+    embed = np.concatenate([embed, f64(("transformer", "vte", "embedding"))])
+    head = np.concatenate([head, f64(("vision_head", "kernel"))], axis=1)
+
+  def rms(x, w):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+  def rope(x_BxSxHxD):
+    B, S, H, D = x_BxSxHxD.shape
+    freqs = np.outer(np.arange(S), 1.0 / theta ** (np.arange(0, D, 2) / D))
+    z = (x_BxSxHxD[..., 0::2] + 1j * x_BxSxHxD[..., 1::2]) * np.exp(1j * freqs)[None, :, None, :]
+    return np.stack([z.real, z.imag], axis=-1).reshape(B, S, H, D)
+
+  x = embed[tokens]
+  B, S, E = x.shape
+  D = E // heads
+  causal = np.tril(np.ones((S, S), bool))
+  for i in range(n_layers):
+    h = rms(x, layer(i, "attention_norm", "kernel"))
+    q = rope((h @ layer(i, "attention", "wq", "kernel")).reshape(B, S, heads, D))
+    k = rope((h @ layer(i, "attention", "wk", "kernel")).reshape(B, S, heads, D))
+    v = (h @ layer(i, "attention", "wv", "kernel")).reshape(B, S, heads, D)
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D)
+    scores = np.where(causal, scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    x = x + np.einsum("bhqk,bkhd->bqhd", probs, v).reshape(B, S, E) @ layer(i, "attention", "wo", "kernel")
+    h = rms(x, layer(i, "ffn_norm", "kernel"))
+    gate = h @ layer(i, "feed_forward", "w1", "kernel")
+    x = x + (gate / (1 + np.exp(-gate)) * (h @ layer(i, "feed_forward", "w3", "kernel"))) @ layer(
+        i, "feed_forward", "w2", "kernel")
+  return rms(x, f64(("transformer", "ln_f", "kernel"))) @ head

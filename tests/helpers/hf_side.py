@@ -1,7 +1,8 @@
 """The Hugging Face reference for the converter tests; runs in .venv-hf (Python 3.11, torch CPU).
 
 Usage: python hf_side.py JOBS.json, a list of jobs run in one process (torch imports once):
-  {"op": "make", "out": DIR, "config": {LlamaConfig kwargs}, "seed": 0, "max_shard_size": "200KB"}
+  {"op": "make", "out": DIR, "config": {LlamaConfig kwargs}, "seed": 0, "max_shard_size": "200KB",
+   "bfloat16": false}
       a random LlamaForCausalLM saved with save_pretrained (weights std 0.2 and random norm scales,
       so a misplaced, unscaled or unpermuted tensor changes the logits by far more than 1e-4);
   {"op": "logits", "model": DIR, "tokens": NPY, "out": NPY, "perturbed_out": NPY (optional)}
@@ -26,6 +27,8 @@ def make(job):
     for name, p in model.named_parameters():
       if name.endswith("norm.weight"):
         p.uniform_(0.5, 1.5)
+  if job.get("bfloat16"):
+    model = model.to(torch.bfloat16)
   model.save_pretrained(job["out"], max_shard_size=job.get("max_shard_size", "5GB"))
 
 
