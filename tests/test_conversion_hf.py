@@ -49,13 +49,6 @@ HF_CONFIGS = {
 }
 
 
-def _run(cmd, what, timeout=600, **kw):
-  proc = subprocess.run(cmd, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout, **kw)
-  if proc.returncode != 0:
-    pytest.fail(f"{what} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-  return proc
-
-
 def _parallel(cmds, what):
   """Runs commands concurrently (the machine has 2 cores; most of each is MaxText's import)."""
   procs = [subprocess.Popen(c, env=subprocess_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -110,7 +103,6 @@ def pipeline(tmp_path_factory):
   for name, cfg in HF_CONFIGS.items():
     make.append({"op": "logits", "model": str(tmp / name), "tokens": str(_tokens(tmp / f"{name}.tok.npy",
                  cfg["vocab_size"], 1)), "out": str(tmp / f"{name}.hf.npy")})
-  import time; t0 = time.time()
   _parallel(train + [[hf_py, str(REPO / "tests/helpers/hf_side.py"), str(_jobs(tmp, "make", make))]], "train/make")
 
   # 2. Convert: to-hf of the trained models, from-hf and from-lwm, concurrently through the CLI.
@@ -123,9 +115,8 @@ def pipeline(tmp_path_factory):
                        *tiny, *HF_OVER["hf_mha"]))
   cmds.append(_convert("from-lwm", "--config", "tiny_cpu.yml", "--lwm", tmp / "lwm_params", "--output",
                        tmp / "lwm.mt", *LWM_OVERRIDES))
-  print("T train/make", time.time() - t0, file=sys.stderr); t0 = time.time()
   _parallel(cmds, "lwm-convert")
-  print("T convert", time.time() - t0, file=sys.stderr); t0 = time.time()
+
 
   # In process: unscanned + tied import, vocabulary extension, and the exports back to HF.
   spec_tied = _spec(V=768, K=2, tie_embeddings=True, scan_layers=False)
@@ -139,7 +130,6 @@ def pipeline(tmp_path_factory):
   to_hf.convert(_spec(V=40448, K=4, norm_eps=1e-6, rope_theta=5e7), tmp / "lwm.mt" / "0" / "items", tmp / "lwm.hf",
                 vocab=MultimodalVocab.default(), dtype="float32", progress=False)
 
-  print("T inproc", time.time() - t0, file=sys.stderr); t0 = time.time()
   # 3. Forward passes: MaxText (one process), transformers (one process).
   lwm_tokens = np.concatenate([np.arange(8), 32000 + np.array([0, 5, 8191, 8192, 8193, 8447, 7, 1])])[None]
   np.save(tmp / "lwm.tok.npy", np.concatenate([lwm_tokens, lwm_tokens[:, ::-1]]).astype(np.int32))
@@ -160,7 +150,6 @@ def pipeline(tmp_path_factory):
   hf.append(dict(op="logits", model=str(tmp / "lwm.hf"), tokens=str(tmp / "lwm.tok.npy"), out=str(tmp / "lwm.hf.npy")))
   _parallel([[sys.executable, str(REPO / "tests/helpers/maxtext_forward.py"), str(_jobs(tmp, "fwd", fwd))],
              [hf_py, str(REPO / "tests/helpers/hf_side.py"), str(_jobs(tmp, "hf", hf))]], "forward passes")
-  print("T fwd", time.time() - t0, file=sys.stderr)
   return {"tmp": tmp, "vocab": vocab, "lwm": lwm}
 
 
