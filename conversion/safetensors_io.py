@@ -8,8 +8,8 @@ tensor's bytes as it is produced. Files and index follow `save_pretrained`: `mod
 for one shard, else `model-0000k-of-0000N.safetensors` plus `model.safetensors.index.json`
 (`{"metadata": {"total_parameters", "total_size"}, "weight_map"}`), metadata `{"format": "pt"}`.
 
-The reader opens a directory written by anyone (index or single file) with `safe_open(..., "np")`,
-which maps tensors lazily; bfloat16 arrives as `ml_dtypes.bfloat16`.
+The reader opens a directory written by anyone (index or single file) with `safe_open(..., "np")`
+and reads one tensor per call; bfloat16 arrives as `ml_dtypes.bfloat16`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 import ml_dtypes
 import numpy as np
@@ -159,26 +159,26 @@ class ShardedReader:
       hint = (f" It has PyTorch weights ({bins[0]}...): re-save them as safetensors first, e.g. with torch "
               "installed: AutoModelForCausalLM.from_pretrained(d).save_pretrained(out)") if bins else ""
       raise ConversionError(f"{hf_dir}: no {INDEX_FILE} or {SINGLE_FILE}.{hint}")
-    self._handles = {}
     self._where: dict[str, str] = {}
+    self._shapes: dict[str, tuple[int, ...]] = {}
     files = sorted(set(weight_map.values())) if weight_map else [SINGLE_FILE]
     for file in files:
       if not (self._dir / file).is_file():
         raise ConversionError(f"{hf_dir}: shard {file} named in {INDEX_FILE} is missing")
-      handle = safe_open(str(self._dir / file), framework="np")
-      self._handles[file] = handle
-      for name in handle.keys():
-        self._where[name] = file
+      with safe_open(str(self._dir / file), framework="np") as handle:
+        for name in handle.keys():
+          self._where[name] = file
+          self._shapes[name] = tuple(handle.get_slice(name).get_shape())
     if weight_map:
       for name, file in weight_map.items():
         if self._where.get(name) != file:
           raise ConversionError(f"{hf_dir}: {INDEX_FILE} puts {name!r} in {file}, which does not hold it")
 
   def shapes(self) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(self._handles[f].get_slice(name).get_shape()) for name, f in self._where.items()}
+    return dict(self._shapes)
 
   def get(self, name: str) -> np.ndarray:
-    return self._handles[self._where[name]].get_tensor(name)
-
-  def names(self) -> Iterable[str]:
-    return self._where.keys()
+    # Opened per tensor: a kept-open file stays memory-mapped, and every page read would stay
+    # in this process's resident set until the end.
+    with safe_open(str(self._dir / self._where[name]), framework="np") as handle:
+      return handle.get_tensor(name)
