@@ -1,5 +1,8 @@
 """Hugging Face Llama (LLaMA-2, LWM-Text, our own exports) -> MaxText Orbax checkpoint.
 
+Reads safetensors, or PyTorch `pytorch_model*.bin` files without torch (`torch_bin.py`; the
+LWM-Text models on the Hub ship only those).
+
 The output is step 0 of a params-only checkpoint: train from it with
 `load_parameters_path=<output>/0/items`. Each MaxText leaf is assembled from its Hugging Face
 tensors (all layers of a scanned leaf) and written on its own, so peak memory is one MaxText
@@ -27,9 +30,9 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from conversion import atomic, hooks, names
+from conversion import atomic, hooks, names, safetensors_io, torch_bin
 from conversion.orbax_params import ParamsWriter
-from conversion.safetensors_io import ShardedReader, dtype_from_name
+from conversion.safetensors_io import dtype_from_name
 from conversion.spec import ConversionError, ModelSpec, check_hf_config, read_hf_config
 from conversion.vocab import describe
 from lwm_plugin.vocab import MultimodalVocab
@@ -46,6 +49,36 @@ class HfSource(Protocol):
 
   def get(self, name: str) -> np.ndarray:
     ...
+
+
+def open_weights(hf_dir: Path) -> HfSource:
+  """The weights of a Hugging Face directory: safetensors, else PyTorch `.bin` files (read without torch)."""
+  if (hf_dir / safetensors_io.INDEX_FILE).is_file() or (hf_dir / safetensors_io.SINGLE_FILE).is_file():
+    return safetensors_io.ShardedReader(hf_dir)
+  if (hf_dir / torch_bin.INDEX_FILE).is_file() or (hf_dir / torch_bin.SINGLE_FILE).is_file():
+    return torch_bin.TorchBinReader(hf_dir)
+  raise ConversionError(f"{hf_dir}: no weights ({safetensors_io.SINGLE_FILE}, {safetensors_io.INDEX_FILE}, "
+                        f"{torch_bin.SINGLE_FILE} or {torch_bin.INDEX_FILE})")
+
+
+class _WithoutTiedHead:
+  """A tied model whose files still hold `lm_head.weight` (older PyTorch state dicts keep the alias).
+
+  The copy is checked to equal the embedding, then left out, so the ledger sees each tensor once.
+  """
+
+  def __init__(self, source: HfSource, where: str):
+    head, embed = source.get(VOCAB_TENSORS[1]), source.get(VOCAB_TENSORS[0])
+    if head.shape != embed.shape or not np.array_equal(head, embed):
+      raise ConversionError(f"{where}: tie_word_embeddings is true but lm_head.weight differs from "
+                            "model.embed_tokens.weight")
+    self._source = source
+
+  def shapes(self) -> dict[str, tuple[int, ...]]:
+    return {k: v for k, v in self._source.shapes().items() if k != VOCAB_TENSORS[1]}
+
+  def get(self, name: str) -> np.ndarray:
+    return self._source.get(name)
 
 
 def check_extension(vocab: MultimodalVocab | None, source_rows: int, spec: ModelSpec, extend: bool, where: str) -> None:
@@ -101,5 +134,7 @@ def convert(spec: ModelSpec, hf_dir: str | os.PathLike, output: str | os.PathLik
   check_extension(vocab, source_rows, spec, extend_vocab, str(hf_dir))
   if extend_vocab:
     log.info("extending the vocabulary from %d to %d ids (new rows = mean of the text rows)", source_rows, spec.V)
-  return write_maxtext(spec, ShardedReader(hf_dir), source_rows, output, dtype=dtype, where=str(hf_dir),
-                       progress=progress)
+  source = open_weights(hf_dir)
+  if spec.tie_embeddings and VOCAB_TENSORS[1] in source.shapes():
+    source = _WithoutTiedHead(source, str(hf_dir))
+  return write_maxtext(spec, source, source_rows, output, dtype=dtype, where=str(hf_dir), progress=progress)

@@ -155,10 +155,7 @@ class ShardedReader:
     elif (self._dir / SINGLE_FILE).is_file():
       weight_map = None
     else:
-      bins = sorted(p.name for p in self._dir.glob("pytorch_model*.bin"))
-      hint = (f" It has PyTorch weights ({bins[0]}...): re-save them as safetensors first, e.g. with torch "
-              "installed: AutoModelForCausalLM.from_pretrained(d).save_pretrained(out)") if bins else ""
-      raise ConversionError(f"{hf_dir}: no {INDEX_FILE} or {SINGLE_FILE}.{hint}")
+      raise ConversionError(f"{hf_dir}: no {INDEX_FILE} or {SINGLE_FILE}")
     self._where: dict[str, str] = {}
     self._shapes: dict[str, tuple[int, ...]] = {}
     files = sorted(set(weight_map.values())) if weight_map else [SINGLE_FILE]

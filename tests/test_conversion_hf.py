@@ -3,9 +3,9 @@
 One module fixture runs the whole pipeline once, batching the expensive processes:
   * two tiny models trained a few steps by `lwm-train` (MHA + text vocabulary, scanned; GQA +
     multimodal vocabulary, unscanned), exported with `lwm-convert to-hf`;
-  * two random `LlamaForCausalLM`s saved by transformers (MHA f32 sharded; GQA bf16 tied),
-    imported with `lwm-convert from-hf` / `from_hf.convert` (scanned, unscanned, --extend-vocab)
-    and exported back;
+  * two random `LlamaForCausalLM`s saved by transformers (MHA f32 sharded; GQA bf16 tied; also as
+    PyTorch .bin files), imported with `lwm-convert from-hf` / `from_hf.convert` (scanned,
+    unscanned, --extend-vocab, from .bin) and exported back;
   * a tiny LWM vision checkpoint in the released streaming format, imported with `lwm-convert from-lwm`;
   * MaxText's forward on every MaxText checkpoint (one process) and transformers' forward on every
     Hugging Face directory (one process in .venv-hf, tools/hf_venv.sh), on the same tokens.
@@ -25,6 +25,7 @@ from safetensors.numpy import load_file
 
 from conftest import REPO, subprocess_env
 from conversion import from_hf, to_hf
+from conversion.orbax_params import ParamsReader
 from conversion.spec import ModelSpec
 from lwm_checkpoints import lwm_logits, lwm_tree, write_lwm
 from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece
@@ -99,7 +100,8 @@ def pipeline(tmp_path_factory):
             "enable_checkpointing=true", "checkpoint_period=100", f"base_output_directory={tmp}", f"run_name={name}"]
            for name, (over, _) in TRAINED.items()]
   make = [{"op": "make", "out": str(tmp / name), "config": cfg, "seed": i, "max_shard_size": "100KB",
-           "bfloat16": name == "hf_gqa_tied"} for i, (name, cfg) in enumerate(HF_CONFIGS.items())]
+           "bfloat16": name == "hf_gqa_tied", "bin_out": str(tmp / f"{name}.bin")}
+          for i, (name, cfg) in enumerate(HF_CONFIGS.items())]
   for name, cfg in HF_CONFIGS.items():
     make.append({"op": "logits", "model": str(tmp / name), "tokens": str(_tokens(tmp / f"{name}.tok.npy",
                  cfg["vocab_size"], 1)), "out": str(tmp / f"{name}.hf.npy")})
@@ -121,6 +123,7 @@ def pipeline(tmp_path_factory):
   # In process: unscanned + tied import, vocabulary extension, and the exports back to HF.
   spec_tied = _spec(V=768, K=2, tie_embeddings=True, scan_layers=False)
   from_hf.convert(spec_tied, tmp / "hf_gqa_tied", tmp / "hf_gqa_tied.mt", vocab=None, progress=False)
+  from_hf.convert(spec_tied, tmp / "hf_gqa_tied.bin", tmp / "hf_gqa_tied.bin.mt", vocab=None, progress=False)
   spec_mm = _spec(V=768, K=4)
   from_hf.convert(spec_mm, tmp / "hf_mha", tmp / "hf_mha.ext.mt", vocab=vocab, extend_vocab=True, progress=False)
   to_hf.convert(_spec(V=384, K=4), tmp / "hf_mha.mt" / "0" / "items", tmp / "hf_mha.back", vocab=None,
@@ -221,6 +224,16 @@ def test_imported_checkpoint_runs_in_maxtext_like_transformers(pipeline, name):
   tmp = pipeline["tmp"]
   mt, hf = _load(tmp / f"{name}.mt.npy"), _load(tmp / f"{name}.hf.npy")
   assert np.abs(mt - hf).max() < TOL, np.abs(mt - hf).max()
+
+
+def test_pytorch_bin_weights_import_like_safetensors(pipeline):
+  tmp = pipeline["tmp"]
+  assert len(list((tmp / "hf_gqa_tied.bin").glob("pytorch_model-*.bin"))) == 2
+  from_safetensors = ParamsReader(tmp / "hf_gqa_tied.mt" / "0" / "items")
+  from_bin = ParamsReader(tmp / "hf_gqa_tied.bin.mt" / "0" / "items")
+  assert from_bin.shapes() == from_safetensors.shapes()
+  for path in from_safetensors.shapes():
+    np.testing.assert_array_equal(from_bin.read(path), from_safetensors.read(path), err_msg="/".join(path))
 
 
 def test_extended_vocabulary_keeps_text_logits_and_starts_vision_rows_at_the_mean(pipeline):

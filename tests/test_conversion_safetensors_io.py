@@ -81,10 +81,10 @@ def test_writer_refuses_wrong_order_shape_dtype_and_early_close(tmp_path):
 
 
 def test_reader_errors_name_the_problem(tmp_path):
-  with pytest.raises(ConversionError, match="no model.safetensors.index.json"):
+  with pytest.raises(ConversionError, match="no model.safetensors.index.json or model.safetensors"):
     ShardedReader(tmp_path)
-  (tmp_path / "pytorch_model-00001-of-00002.bin").write_bytes(b"")
-  with pytest.raises(ConversionError, match="PyTorch weights"):
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-1.safetensors"}}))
+  with pytest.raises(ConversionError, match="shard model-1.safetensors named in"):
     ShardedReader(tmp_path)
 
 
@@ -101,3 +101,4 @@ def test_atomic_output_leaves_nothing_on_failure_and_refuses_existing(tmp_path):
   with pytest.raises(ConversionError, match="already exists"):
     with atomic.output_dir(out):
       pass
+

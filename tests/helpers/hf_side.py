@@ -2,9 +2,11 @@
 
 Usage: python hf_side.py JOBS.json, a list of jobs run in one process (torch imports once):
   {"op": "make", "out": DIR, "config": {LlamaConfig kwargs}, "seed": 0, "max_shard_size": "200KB",
-   "bfloat16": false}
+   "bfloat16": false, "bin_out": DIR (optional)}
       a random LlamaForCausalLM saved with save_pretrained (weights std 0.2 and random norm scales,
       so a misplaced, unscaled or unpermuted tensor changes the logits by far more than 1e-4);
+      `bin_out` also gets the same weights as PyTorch files, the older Hub layout
+      (pytorch_model-0000k-of-00002.bin + pytorch_model.bin.index.json, written with torch.save);
   {"op": "logits", "model": DIR, "tokens": NPY, "out": NPY, "perturbed_out": NPY (optional)}
       float32 logits of `tokens` [B, S]; `perturbed_out` gets the logits after permuting q/k rows
       to the interleaved RoPE layout, the mistake a converter could make (shows the test is sensitive).
@@ -12,6 +14,7 @@ This file never imports the project (it runs in another interpreter).
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -30,6 +33,24 @@ def make(job):
   if job.get("bfloat16"):
     model = model.to(torch.bfloat16)
   model.save_pretrained(job["out"], max_shard_size=job.get("max_shard_size", "5GB"))
+  if job.get("bin_out"):
+    save_bin(model, job["bin_out"])
+
+
+def save_bin(model, out):
+  """transformers 5 always writes safetensors; the .bin layout it used to write, by hand."""
+  os.makedirs(out)
+  model.config.save_pretrained(out)
+  state = model.state_dict()
+  names = list(state)
+  shards = [names[:len(names) // 2], names[len(names) // 2:]]
+  weight_map = {}
+  for k, shard in enumerate(shards):
+    file = f"pytorch_model-{k + 1:05d}-of-{len(shards):05d}.bin"
+    torch.save({n: state[n].contiguous() for n in shard}, os.path.join(out, file))
+    weight_map.update({n: file for n in shard})
+  with open(os.path.join(out, "pytorch_model.bin.index.json"), "w", encoding="utf-8") as f:
+    json.dump({"metadata": {}, "weight_map": weight_map}, f)
 
 
 def _to_interleaved(w, heads):
