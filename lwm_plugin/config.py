@@ -37,12 +37,16 @@ class LWMConfig(types.MaxTextConfig, LWMSettings):
         if data.get(files) not in (None, "", LWM_FILES_MARKER):
           raise ValueError(f"set either {sources} (the LWM loader) or {files} (MaxText's Grain pipeline), not both")
         data = {**data, files: LWM_FILES_MARKER}
+    if data.get("lwm_data_sources") and int(data.get("eval_interval") or -1) > 0 and not data.get("lwm_eval_data_sources"):
+      raise ValueError("eval_interval > 0 with lwm_data_sources needs lwm_eval_data_sources (MaxText's own eval "
+                       "pipeline has no loss weights); or set eval_interval: -1")
     return data
 
   @pydantic.model_validator(mode="after")
   def _lwm_sources_need_grain(self) -> "LWMConfig":
     if (self.lwm_data_sources or self.lwm_eval_data_sources) and self.dataset_type != "grain":
-      raise ValueError(f"lwm_data_sources / lwm_eval_data_sources are set but dataset_type={self.dataset_type!r}: "
+      dataset_type = getattr(self.dataset_type, "value", self.dataset_type)
+      raise ValueError(f"lwm_data_sources / lwm_eval_data_sources are set but dataset_type={dataset_type!r}: "
                        "MaxText would train on other data; set dataset_type: grain to use the LWM loader")
     return self
 

@@ -78,13 +78,15 @@ def test_unsupported_maxtext_features_are_named_not_dropped():
 
 def test_lwm_sources_require_grain_and_stand_for_grain_files():
   sources = "lwm_data_sources=[{name: t, files: t.jsonl}]"
-  with pytest.raises(Exception, match="dataset_type='synthetic'|dataset_type=<DatasetType.SYNTHETIC"):
+  with pytest.raises(Exception, match="dataset_type=.synthetic.: MaxText would train on other data"):
     integration.resolve_config(["t", "maxtext_configs/tiny_cpu.yml", sources])
   cfg = integration.resolve_config(["t", "maxtext_configs/tiny_cpu.yml", sources, "dataset_type=grain"])
   assert cfg.grain_train_files == "<lwm_data_sources>"
   with pytest.raises(Exception, match="not both"):
     integration.resolve_config(["t", "maxtext_configs/tiny_cpu.yml", sources, "dataset_type=grain",
                                 "grain_train_files=x.array_record"])
+  with pytest.raises(Exception, match="needs lwm_eval_data_sources"):
+    integration.resolve_config(["t", "maxtext_configs/tiny_cpu.yml", sources, "dataset_type=grain", "eval_interval=5"])
 
 
 def test_startup_assertion_refuses_an_iterator_that_is_not_the_lwm_loader():

@@ -44,9 +44,6 @@ def check_data_config(config: Any) -> None:
   if config.dataset_type != "grain":
     raise ValueError(f"lwm_data_sources / lwm_eval_data_sources are set but dataset_type={config.dataset_type!r}: "
                      "MaxText would train on other data; set dataset_type: grain to use the LWM loader")
-  if config.lwm_data_sources and config.eval_interval > 0 and not config.lwm_eval_data_sources:
-    raise ValueError("eval_interval > 0 with lwm_data_sources needs lwm_eval_data_sources (MaxText's own eval "
-                     "pipeline has no loss weights); or set eval_interval: -1")
   bad = [
       (config.colocated_python_data_input, "colocated_python_data_input"),
       (config.grain_use_elastic_iterator, "grain_use_elastic_iterator (it cannot pack)"),

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import types
 from typing import Any
 
 import jax
@@ -92,19 +93,19 @@ def _log_once(key: str, message: str) -> None:
     logger.info(message)
 
 
+_VOCAB_KEYS = ("lwm_tokenizer_path", "lwm_codebook_size", "lwm_tokens_per_frame", "lwm_vision_markers")
+
+
 @functools.lru_cache(maxsize=8)
-def _layout(tokenizer_path: str, codebook_size: int, tokens_per_frame: int, vision_markers: str, vocab_size: int):
-  class _Settings:  # the four vocabulary keys of LWMSettings
-    lwm_tokenizer_path, lwm_codebook_size = tokenizer_path, codebook_size
-    lwm_tokens_per_frame, lwm_vision_markers = tokens_per_frame, vision_markers
-  vocab = MultimodalVocab.from_settings(_Settings)
+def _layout(vocab_settings: tuple, vocab_size: int):
+  vocab = MultimodalVocab.from_settings(types.SimpleNamespace(**dict(zip(_VOCAB_KEYS, vocab_settings))))
   vocab.check_vocab_size(vocab_size)
   return vocab.layout
 
 
 def vocab_layout(config: Any):
-  return _layout(config.lwm_tokenizer_path, config.lwm_codebook_size, config.lwm_tokens_per_frame,
-                 config.lwm_vision_markers, config.vocab_size)
+  """The merged vocabulary's partition (cached: the tokenizer is read once per setting)."""
+  return _layout(tuple(getattr(config, k) for k in _VOCAB_KEYS), config.vocab_size)
 
 
 def weights_and_modality(data: dict[str, jax.Array], config: Any) -> tuple[jax.Array, jax.Array, LossWeighting]:
