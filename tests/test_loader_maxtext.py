@@ -5,11 +5,13 @@ import json
 import textwrap
 import types
 
+import numpy as np
 import pytest
 
 from conftest import REPO, run_python
 from lwm_plugin import integration
-from lwm_plugin.integration.loss import UnsupportedFeatureError, check_supported
+from lwm_plugin.integration import data
+from lwm_plugin.integration.loss import UnsupportedFeatureError, check_supported, trained_rows
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,6 @@ def test_lwm_sources_require_grain_and_stand_for_grain_files():
 
 
 def test_startup_assertion_refuses_an_iterator_that_is_not_the_lwm_loader():
-  from lwm_plugin.integration import data  # pylint: disable=import-outside-toplevel
   config = types.SimpleNamespace(lwm_data_sources=({"name": "t", "files": ("t.jsonl",)},), lwm_eval_data_sources=(),
                                  dataset_type="grain", eval_interval=-1, colocated_python_data_input=False,
                                  grain_use_elastic_iterator=False, expansion_factor_real_data=-1, elastic_enabled=False)
@@ -99,3 +100,13 @@ def test_startup_assertion_refuses_an_iterator_that_is_not_the_lwm_loader():
     create(config, None)
   with pytest.raises(ValueError, match="dataset_type='synthetic'"):
     create(types.SimpleNamespace(**{**vars(config), "dataset_type": "synthetic"}), None)
+
+
+def test_step_totals_count_exactly_the_rows_maxtext_trains_on():
+  for rows, ga, micro in ((8, 1, 8), (8, 1, 5), (8, 2, 4), (12, 3, 2)):
+    # MaxText: microbatch k of GA holds rows reshape(rows // ga, ga).T[k]; loss_fn keeps its first `micro` rows.
+    by_micro = np.arange(rows).reshape(rows // ga, ga).T
+    expected = np.zeros(rows, bool)
+    expected[by_micro[:, :micro].ravel()] = True
+    config = types.SimpleNamespace(gradient_accumulation_steps=ga, micro_batch_size_to_train_on=micro)
+    np.testing.assert_array_equal(np.asarray(trained_rows(rows, config)), expected)

@@ -182,7 +182,7 @@ def replace_loss_fn(original):
   return loss_fn
 
 
-def _trained_rows(num_rows: int, config: Any) -> jax.Array:
+def trained_rows(num_rows: int, config: Any) -> jax.Array:
   """bool [B]: rows the step trains on. MaxText splits a batch into microbatches by row % GA and keeps
   the first micro_batch_size_to_train_on rows of each (all of them unless per_device_batch_size < 1)."""
   ga = max(config.gradient_accumulation_steps, 1)
@@ -207,7 +207,7 @@ def train_step(original):
   @functools.wraps(original)
   def wrapped(model, config, state_mesh_shardings, params_shardings, state, data, dropout_rng=None):
     weights, vision, weighting = weights_and_modality(data, config)
-    totals = batch_totals(weights, vision, _trained_rows(weights.shape[0], config))
+    totals = batch_totals(weights, vision, trained_rows(weights.shape[0], config))
     data = dict(data, **{TOTALS_KEY: jnp.broadcast_to(totals, (weights.shape[0], totals.shape[0]))})
     new_state, metrics = original(model, config, state_mesh_shardings, params_shardings, state, data, dropout_rng)
     scalars = metrics["scalar"]
