@@ -11,6 +11,7 @@ import difflib
 import os
 from typing import Any, Iterable
 
+import pydantic
 from maxtext.configs import types
 from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
 
@@ -18,8 +19,36 @@ from lwm_plugin.config_files import ConfigError, config_chain
 from lwm_plugin.settings import LWMSettings
 
 
+# MaxText requires grain_train_files (grain_eval_files with eval_interval > 0) for dataset_type: grain;
+# the LWM loader reads lwm_data_sources instead and fills them with this marker, which nothing reads.
+LWM_FILES_MARKER = "<lwm_data_sources>"
+
+
 class LWMConfig(types.MaxTextConfig, LWMSettings):
   """MaxText's config class extended with the LWM settings; pass as `config_class=`."""
+
+  @pydantic.model_validator(mode="before")
+  @classmethod
+  def _lwm_sources_stand_for_grain_files(cls, data: Any) -> Any:
+    if not isinstance(data, dict):
+      return data
+    for sources, files in (("lwm_data_sources", "grain_train_files"), ("lwm_eval_data_sources", "grain_eval_files")):
+      if data.get(sources):
+        if data.get(files) not in (None, "", LWM_FILES_MARKER):
+          raise ValueError(f"set either {sources} (the LWM loader) or {files} (MaxText's Grain pipeline), not both")
+        data = {**data, files: LWM_FILES_MARKER}
+    if data.get("lwm_data_sources") and int(data.get("eval_interval") or -1) > 0 and not data.get("lwm_eval_data_sources"):
+      raise ValueError("eval_interval > 0 with lwm_data_sources needs lwm_eval_data_sources (MaxText's own eval "
+                       "pipeline has no loss weights); or set eval_interval: -1")
+    return data
+
+  @pydantic.model_validator(mode="after")
+  def _lwm_sources_need_grain(self) -> "LWMConfig":
+    if (self.lwm_data_sources or self.lwm_eval_data_sources) and self.dataset_type != "grain":
+      dataset_type = getattr(self.dataset_type, "value", self.dataset_type)
+      raise ValueError(f"lwm_data_sources / lwm_eval_data_sources are set but dataset_type={dataset_type!r}: "
+                       "MaxText would train on other data; set dataset_type: grain to use the LWM loader")
+    return self
 
 
 def _valid_keys(config_class: type[Any]) -> set[str]:

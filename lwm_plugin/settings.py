@@ -10,7 +10,40 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class LWMDataSource(BaseModel):
+  """One training (or evaluation) data source of the LWM loader: a list item of `lwm_data_sources`."""
+
+  model_config = ConfigDict(extra="forbid", frozen=True)
+
+  name: str = Field(..., min_length=1, description="Unique name, used in logs, errors, seeds and iterator state.")
+  files: tuple[str, ...] = Field(
+      ..., min_length=1,
+      description="File paths or glob patterns (relative paths are resolved from the working directory); every "
+      "pattern must match at least one file. Matches are sorted.")
+  format: Literal["jsonl", "arrayrecord", "parquet"] = Field(
+      "jsonl",
+      description="'jsonl': LWM JSONL lines (data_loaders.lwm_format); 'arrayrecord' / 'parquet': pre-tokenized "
+      "examples written by data_loaders.pretokenized (tokens + loss_mask).")
+  weight: float = Field(
+      1.0, gt=0,
+      description="Mixture weight. Within a packing group, examples are drawn in proportion to the weights of its "
+      "sources; across groups, packed rows are drawn in proportion to each group's total weight.")
+  group: str = Field(
+      "default", min_length=1,
+      description="Packing group: examples of different groups are never packed into one row (the paper keeps "
+      "UltraChat and long-context QA apart).")
+  default_fields: str | None = Field(
+      None, description="JSONL: fields spec for lines without a 'fields' key (e.g. 'text' for {\"text\": ...}).")
+  fields_index: int = Field(
+      -1, ge=-1, description="JSONL: pick this spec of a 'fields' list instead of LWM's per-line random choice.")
+
+  @field_validator("files", mode="before")
+  @classmethod
+  def _one_file(cls, value):
+    return (value,) if isinstance(value, str) else value
 
 
 class LWMSettings(BaseModel):
@@ -47,3 +80,70 @@ class LWMSettings(BaseModel):
       description="Normalise each target over its own modality's logits (text ids or vision ids), exactly LWM's two "
       "output heads; false: one softmax over the whole merged vocabulary (MaxText's default).",
   )
+
+  # The Grain loader (data_loaders.pipeline) and the loss weighting (lwm_plugin.loss).
+  lwm_data_sources: tuple[LWMDataSource, ...] = Field(
+      (),
+      description="Training data of the LWM Grain loader: a list of {name, files, format, weight, group, "
+      "default_fields, fields_index}. Non-empty: `dataset_type: grain` runs this loader (checked at start-up); "
+      "empty: MaxText's own input pipeline for dataset_type. Also read: max_target_length, packing, "
+      "grain_packing_type (first_fit|best_fit), max_segments_per_seq, enable_data_shuffling, data_shuffle_seed, "
+      "num_epoch (<= 0: repeat forever), grain_worker_count, grain_per_worker_buffer_size.",
+  )
+  lwm_eval_data_sources: tuple[LWMDataSource, ...] = Field(
+      (),
+      description="Evaluation data of the LWM loader (read once per evaluation, in order, not shuffled); required "
+      "when lwm_data_sources is set and eval_interval > 0.",
+  )
+  lwm_loss_weighting: Literal["example", "token"] = Field(
+      "example",
+      description="'example': each loss token of example i and modality m weighs lambda_m / (n_im * N_m) (n_im: "
+      "its modality-m loss tokens, N_m: examples of the global batch with any), i.e. exactly unpacked padded "
+      "training, whatever the packing; 'token': the plain mean over all loss tokens (lambdas unused).",
+  )
+  lwm_text_loss_weight: float = Field(
+      0.5, ge=0, description="lambda_text of the 'example' weighting (LWM's vision-language stages: 0.5)."
+  )
+  lwm_vision_loss_weight: float = Field(
+      0.5, ge=0, description="lambda_vision of the 'example' weighting (LWM's vision-language stages: 0.5)."
+  )
+  lwm_overlong: Literal["truncate", "split", "error"] = Field(
+      "error",
+      description="An example longer than max_target_length + 1 tokens: 'truncate' keeps its first tokens, 'split' "
+      "cuts it into consecutive pieces that are separate examples (positions restart), 'error' stops with its "
+      "file and line.",
+  )
+  lwm_max_frames: int = Field(
+      0, ge=0, description="At most this many frames per vision field (videos are subsampled uniformly, keeping "
+      "the first and last frame, as LWM); 0: no limit."
+  )
+  lwm_max_vision_tokens: int = Field(
+      0, ge=0, description="At most this many vision tokens (codes + eof/eov) per vision field, by frame "
+      "subsampling; 0: no limit."
+  )
+  lwm_skip_invalid: bool = Field(
+      False,
+      description="Skip bad lines or records (logged with file and line, counted in the iterator state) instead of "
+      "stopping at the first one.",
+  )
+  lwm_max_invalid_fraction: float = Field(
+      0.01, ge=0, le=1,
+      description="With lwm_skip_invalid: stop with an error once a source has skipped more than this fraction of "
+      "what it read (after its first 100 records), so a wrong format cannot silently empty a source.",
+  )
+  lwm_packing_bins: int = Field(
+      0, ge=0,
+      description="Rows the packer fills at once (more bins: fuller rows, more host memory); 0: the host's batch "
+      "size, as MaxText.",
+  )
+
+  @model_validator(mode="after")
+  def _check_data(self):
+    for key in ("lwm_data_sources", "lwm_eval_data_sources"):
+      names = [s.name for s in getattr(self, key)]
+      dupes = sorted({n for n in names if names.count(n) > 1})
+      if dupes:
+        raise ValueError(f"{key}: source names must be unique, repeated: {dupes}")
+    if self.lwm_loss_weighting == "example" and self.lwm_text_loss_weight + self.lwm_vision_loss_weight == 0:
+      raise ValueError("lwm_text_loss_weight and lwm_vision_loss_weight are both 0: nothing would be trained")
+    return self

@@ -48,3 +48,12 @@ def run_lwm_train(args: list[str], devices: int = 1, timeout: int = 900, cwd: Pa
 def read_metrics(path: Path) -> list[dict]:
   """MaxText's `metrics_file`: one JSON object per step."""
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def tiny_lwm_data(tmp_path_factory) -> Path:
+  """The tiny LWM dataset (`python -m data_loaders.tiny_data`): tokenizer + text/image/video/chat JSONL."""
+  from data_loaders import tiny_data  # pylint: disable=import-outside-toplevel
+  out = tmp_path_factory.mktemp("tiny") / "tiny_lwm_data"
+  tiny_data.generate(out)
+  return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lwm_plugin.integration import config_hook
+from lwm_plugin.integration import config_hook, cp_reorder, data, loss
 from lwm_plugin.integration.core import Patch, Seam, SeamError
 
 # ---------------------------------------------------------------------------------------------
@@ -29,6 +29,69 @@ PATCH_TABLE: tuple[Patch, ...] = (
         make=config_hook.config_class_default,
         reason="MaxText's trainer calls pyconfig.initialize(argv) with its own class, which rejects lwm_* keys",
         remove_when="the trainer accepts a config_class (or a plugin registry for config fields)",
+    ),
+    # The LWM loader and loss weighting (issue 6): lwm_plugin/integration/{data,loss,cp_reorder}.py.
+    Patch(
+        target="maxtext.input_pipeline.input_pipeline_interface:make_grain_train_iterator",
+        params=("config", "global_mesh", "process_indices"),
+        make=data.make_grain_train_iterator,
+        reason="with lwm_data_sources set, dataset_type: grain runs the LWM masked-packing loader (MaxText's Grain "
+               "pipeline packs one column with binary loss masks)",
+        remove_when="MaxText accepts a user pipeline function for dataset_type: grain",
+    ),
+    Patch(
+        target="maxtext.input_pipeline.input_pipeline_interface:make_grain_eval_iterator",
+        params=("config", "global_mesh", "process_indices"),
+        make=data.make_grain_eval_iterator,
+        reason="with lwm_eval_data_sources set, evaluation reads through the LWM loader",
+        remove_when="MaxText accepts a user pipeline function for dataset_type: grain",
+    ),
+    Patch(
+        target="maxtext.input_pipeline.input_pipeline_interface:create_data_iterator",
+        params=("config", "mesh"),
+        make=data.create_data_iterator,
+        reason="start-up assertion: MaxText silently trains on synthetic data for some dataset types; with LWM "
+               "sources anything but the LWM loader is an error",
+        remove_when="MaxText rejects unknown dataset types and accepts registered pipelines",
+    ),
+    Patch(
+        target="maxtext.trainers.pre_train.train:loss_fn",
+        params=("model", "config", "data", "dropout_rng", "params", "sparsity_state", "is_train"),
+        make=loss.replace_loss_fn,
+        reason="per-token loss weights (targets_weights: packed training equals unpacked padded training) and "
+               "LWM's per-modality softmax; MaxText's loss weighs every non-pad token 1",
+        remove_when="MaxText's loss reads a per-token weight key",
+    ),
+    Patch(
+        target="maxtext.trainers.pre_train.train:train_step",
+        params=("model", "config", "state_mesh_shardings", "params_shardings", "state", "data", "dropout_rng"),
+        make=loss.train_step,
+        reason="the loss normalisers are counted over the step's whole batch (exact under gradient accumulation) "
+               "and text/vision losses and token counts are logged as metrics",
+        remove_when="MaxText's loss can see step-level batch statistics and return extra metrics",
+    ),
+    Patch(
+        target="maxtext.trainers.pre_train.train:eval_step",
+        params=("model", "config", "state", "data", "dropout_rng"),
+        make=loss.eval_step,
+        reason="evaluation/z_loss back to a scalar (the LWM loss passes per-modality sums through aux z_loss)",
+        remove_when="MaxText's loss can return extra metrics",
+    ),
+    Patch(
+        target="maxtext.utils.maxtext_utils:get_shaped_batch",
+        params=("config", "batch_sharding", "is_eval"),
+        make=loss.get_shaped_batch,
+        reason="the ahead-of-time batch shape must include targets_weights / targets_vision_mask, else the train "
+               "step compiles twice",
+        remove_when="MaxText derives the shaped batch from the data iterator",
+    ),
+    Patch(
+        target="maxtext.utils.max_utils:reorder_causal_load_balanced",
+        params=("batch", "cp_size", "reorder_strategy", "hardware"),
+        make=cp_reorder.reorder_causal_load_balanced,
+        reason="context-parallel load balancing reorders a fixed key set; the LWM per-token keys (loss weights, "
+               "vision mask) must move with the tokens (duplicate of the ring branch's row: keep one)",
+        remove_when="MaxText reorders every per-token batch key (or takes the key set from the config)",
     ),
 )
 

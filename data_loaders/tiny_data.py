@@ -1,0 +1,59 @@
+"""The tiny LWM dataset of `maxtext_configs/tiny_cpu_lwm_data.yml`: a tokenizer and four JSONL files.
+
+    python -m data_loaders.tiny_data [OUT_DIR]      # default: ./tiny_lwm_data
+
+writes, from the synthetic corpus (`data_loaders.synthetic_corpus`, deterministic for a seed):
+  tokenizer.model        a 384-piece LLaMA-style SentencePiece model trained on the corpus text
+  text.jsonl             plain text documents with needles
+  image.jsonl            image-caption pairs, both modality orders (text-to-image and captioning)
+  video.jsonl            4-frame videos with captions, both orders
+  retrieval_chat.jsonl   long-context QA chats (the config packs them in their own group)
+
+With `lwm_codebook_size: 64` the vocabulary is 384 text ids + 64 + 256 vision rows = 704, rounded
+up to 768 rows (`vocab_size: 768`). Everything is small enough to train on one CPU in a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from data_loaders.synthetic_corpus import CorpusSpec, generate_corpus
+from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece
+
+TEXT_VOCAB = 384
+CODEBOOK = 64
+SPEC = CorpusSpec(seed=0, text_documents=60, document_sentences=(3, 40), retrieval_chats=60, images=120, videos=40,
+                  video_frames=4, codebook_size=CODEBOOK)
+
+
+def _texts(paths: dict[str, Path]) -> list[str]:
+  lines = []
+  for path in paths.values():
+    for raw in path.read_text().splitlines():
+      obj = json.loads(raw)
+      lines += [obj[k] for k in ("text", "caption") if k in obj]
+      lines += [m["content"] for m in obj.get("messages", [])]
+  return lines
+
+
+def generate(out_dir: str | Path = "tiny_lwm_data", spec: CorpusSpec = SPEC) -> dict[str, Path]:
+  """Writes the tokenizer and the JSONL files under `out_dir`; returns their paths by name."""
+  out = Path(out_dir)
+  files = generate_corpus(out, spec)
+  model = out / "tokenizer.model"
+  tmp = model.with_suffix(".model.tmp")
+  tmp.write_bytes(train_sentencepiece(_texts(files), TEXT_VOCAB))
+  tmp.replace(model)
+  return {"tokenizer": model, **files}
+
+
+def vocab(out_dir: str | Path = "tiny_lwm_data") -> MultimodalVocab:
+  """The tiny multimodal vocabulary (the config's lwm_tokenizer_path and lwm_codebook_size)."""
+  return MultimodalVocab.from_tokenizer(Path(out_dir) / "tokenizer.model", codebook_size=CODEBOOK)
+
+
+if __name__ == "__main__":
+  for name, path in generate(sys.argv[1] if len(sys.argv) > 1 else "tiny_lwm_data").items():
+    print(f"{name}: {path}")

@@ -1,0 +1,122 @@
+"""`dataset_type: grain` with `lwm_data_sources` runs the LWM Grain loader inside MaxText.
+
+Three replacements (rows in `PATCH_TABLE`):
+
+* `input_pipeline_interface.make_grain_train_iterator` / `make_grain_eval_iterator`: with LWM
+  sources configured, build `data_loaders.build_dataset` for this host (its shard among MaxText's
+  data-loading processes, MaxText's local batch size) and wrap it in MaxText's own
+  `MultiHostDataLoadIterator`; without them, MaxText's own Grain pipeline. MaxText keeps choosing
+  which hosts load data, and its checkpointing saves the iterator state (the `iter` item,
+  `process_<i>-of-<n>.json`) because `dataset_type` is `grain`.
+* `input_pipeline_interface.create_data_iterator`: the start-up assertion. MaxText silently falls
+  back to synthetic data for some dataset types, and `dataset_type: synthetic` never reaches the
+  Grain code at all; with LWM sources configured, anything but `grain`, or an iterator that is
+  not ours, is an error before training starts.
+
+Not supported with the LWM loader (clear errors): colocated Python data input, Grain's elastic
+iterator, `expansion_factor_real_data` other than -1 / 1, and `grain_worker_count: -1` (the
+packed stream depends on the worker count, which must stay fixed across a resume).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from typing import Any
+
+import jax
+from maxtext.input_pipeline import data_processing_utils, multihost_dataloading
+from maxtext.input_pipeline.synthetic_data_processing import PlaceHolderDataIterator
+
+from data_loaders.pipeline import LoaderConfig, build_dataset, describe
+from lwm_plugin.vocab import MultimodalVocab
+
+logger = logging.getLogger("lwm_plugin.integration")
+
+_OURS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def check_data_config(config: Any) -> None:
+  """Raises ValueError for MaxText data settings the LWM loader cannot honour."""
+  if not (config.lwm_data_sources or config.lwm_eval_data_sources):
+    return
+  if config.dataset_type != "grain":
+    raise ValueError(f"lwm_data_sources / lwm_eval_data_sources are set but dataset_type={config.dataset_type!r}: "
+                     "MaxText would train on other data; set dataset_type: grain to use the LWM loader")
+  bad = [
+      (config.colocated_python_data_input, "colocated_python_data_input"),
+      (config.grain_use_elastic_iterator, "grain_use_elastic_iterator (it cannot pack)"),
+      (config.expansion_factor_real_data not in (-1, 1), f"expansion_factor_real_data={config.expansion_factor_real_data}"),
+      (config.elastic_enabled, "elastic_enabled"),
+  ]
+  bad = [what for flag, what in bad if flag]
+  if bad:
+    raise ValueError(f"the LWM loader does not support: {', '.join(bad)}")
+
+
+def _make_iterator(config: Any, mesh: Any, process_indices: list[int], training: bool) -> Any:
+  check_data_config(config)
+  vocab = MultimodalVocab.from_settings(config)
+  vocab.check_vocab_size(config.vocab_size)
+  if training:
+    batch_size = data_processing_utils.get_local_batch_size(config)
+  else:
+    batch_size = config.global_batch_size_to_load_eval // jax.process_count()
+  loader = LoaderConfig.from_settings(config, batch_size=batch_size, training=training)
+  shard_index, shard_count = process_indices.index(jax.process_index()), len(process_indices)
+  for line in describe(loader):
+    logger.info("%s%s", "" if training else "(eval) ", line)
+  dataset = build_dataset(loader, vocab, shard_index=shard_index, shard_count=shard_count)
+  padding = config.generate_padding_batch_train if training else config.generate_padding_batch_eval
+  iterator = multihost_dataloading.MultiHostDataLoadIterator(dataset, mesh, padding)
+  _OURS.add(iterator)
+  return iterator
+
+
+def make_grain_train_iterator(original):
+  """MaxText's Grain train iterator, or the LWM loader's when `lwm_data_sources` is set."""
+
+  @functools.wraps(original)
+  def make(config, global_mesh, process_indices):
+    if not config.lwm_data_sources:
+      return original(config, global_mesh, process_indices)
+    return _make_iterator(config, global_mesh, process_indices, training=True)
+
+  return make
+
+
+def make_grain_eval_iterator(original):
+  """MaxText's Grain eval iterator, or the LWM loader's when `lwm_eval_data_sources` is set."""
+
+  @functools.wraps(original)
+  def make(config, global_mesh, process_indices):
+    if not config.lwm_eval_data_sources:
+      return original(config, global_mesh, process_indices)
+    return _make_iterator(config, global_mesh, process_indices, training=False)
+
+  return make
+
+
+def is_lwm_iterator(iterator: Any) -> bool:
+  """True for an iterator built by the LWM loader (or MaxText's placeholder on a host that loads no data)."""
+  return iterator in _OURS or isinstance(iterator, PlaceHolderDataIterator)
+
+
+def create_data_iterator(original):
+  """MaxText's `create_data_iterator` plus the start-up assertion that the LWM loader feeds training."""
+
+  @functools.wraps(original)
+  def create(config, mesh):
+    check_data_config(config)
+    train, evaluation = original(config, mesh)
+    for sources, iterator, what in ((config.lwm_data_sources, train, "train"),
+                                    (config.lwm_eval_data_sources, evaluation, "eval")):
+      if sources and iterator is not None and not is_lwm_iterator(iterator):
+        raise RuntimeError(f"lwm_data_sources is set but MaxText built its {what} iterator "
+                           f"{type(iterator).__name__} without the LWM loader (dataset_type={config.dataset_type!r})")
+    if config.lwm_data_sources:
+      logger.info("LWM loader feeds training (dataset_type=grain, %d sources)", len(config.lwm_data_sources))
+    return train, evaluation
+
+  return create
