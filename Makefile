@@ -7,7 +7,7 @@ LOCK      := requirements/test.lock
 STAMP     := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test demo clean-venv hf-venv
 
 setup: $(STAMP)
 
@@ -30,5 +30,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m lwm_plugin.demo
 
+# The transformers/torch reference for the converter tests (Python 3.11; tests create it on demand).
+hf-venv:
+	tools/hf_venv.sh
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-hf

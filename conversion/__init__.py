@@ -1,1 +1,8 @@
-"""Checkpoint converters: Orbax <-> Hugging Face, and released LWM Jax checkpoints."""
+"""Checkpoint converters: MaxText (Orbax) <-> Hugging Face Llama, and released LWM Jax checkpoints.
+
+Entry point `lwm-convert` (`cli.py`). Each direction is a name table plus symmetric per-tensor
+hooks (`names.py`, `hooks.py`, `from_lwm.py`), with checks that every source tensor exists, has
+the expected shape and is used exactly once. Readers and writers stream one tensor at a time
+(`orbax_params.py`, `safetensors_io.py`, `lwm_format.py`); outputs appear atomically (`atomic.py`).
+The multimodal vocabulary comes in through `vocab.py` only.
+"""

@@ -1,0 +1,130 @@
+"""`lwm-convert`: checkpoint conversion between MaxText (Orbax), Hugging Face and released LWM Jax files.
+
+  lwm-convert to-hf    --config CONFIG.yml --checkpoint ORBAX_ITEMS_DIR --output DIR
+                       [--dtype bfloat16|float32] [--no-tokenizer] [--max-shard-size 5GB]
+  lwm-convert from-hf  --config CONFIG.yml --hf HF_DIR --output DIR [--extend-vocab] [--dtype float32|bfloat16]
+  lwm-convert from-lwm --config CONFIG.yml --lwm PARAMS_FILE --output DIR [--extend-vocab] [--dtype ...]
+
+Each command also takes MaxText `key=value` overrides after its options (as `lwm-train` does).
+CONFIG.yml gives the architecture (dims, theta, stage length, vocabulary size, scan layout) and the
+vocabulary (`lwm_tokenizer_path`, `lwm_codebook_size`, ...: default LLaMA-2 + LWM's 8192 codes); it
+is a path or the name of a shipped file in `maxtext_configs/`. Outputs are written to a temporary directory and
+renamed into place at the end: a failed or interrupted run leaves no output directory. Conversion
+always runs on the host CPU. Also runnable as `python -m conversion ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from typing import Any, Sequence
+
+from lwm_plugin.config_files import ConfigError, resolve_config_file
+
+PROG = "lwm-convert"
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMG]?)B?$", re.IGNORECASE)
+
+
+def _size(text: str) -> int:
+  match = _SIZE.match(text.strip())
+  if not match:
+    raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB)")
+  return int(float(match.group(1)) * 1024**"_KMG".index((match.group(2) or "_").upper()))
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n", 1)[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+  sub = parser.add_subparsers(dest="command", required=True, metavar="{to-hf,from-hf,from-lwm}")
+
+  def common(p: argparse.ArgumentParser, dtype_default: str, dtype_help: str) -> None:
+    p.add_argument("--config", required=True, help="MaxText/LWM config (.yml) describing the model")
+    p.add_argument("--output", required=True, help="output directory (must not exist)")
+    p.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), default=dtype_default, help=dtype_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="MaxText config overrides")
+
+  p = sub.add_parser("to-hf", help="MaxText Orbax params -> Hugging Face LlamaForCausalLM directory")
+  common(p, "bfloat16", "weights dtype in the safetensors files (default: bfloat16)")
+  p.add_argument("--checkpoint", required=True, help="MaxText checkpoint: <run>/checkpoints/<step>/items")
+  p.add_argument("--no-tokenizer", action="store_true",
+                 help="write no tokenizer files (for models trained without the LWM vocabulary; vocab_size unchecked)")
+  p.add_argument("--max-shard-size", type=_size, default="5GB", help="largest safetensors shard (default 5GB)")
+
+  p = sub.add_parser("from-hf", help="Hugging Face Llama directory -> MaxText Orbax checkpoint")
+  common(p, "", "parameter dtype (default: the config's weight_dtype)")
+  p.add_argument("--hf", required=True, help="Hugging Face model directory (config.json + safetensors)")
+  p.add_argument("--extend-vocab", action="store_true",
+                 help="grow embeddings and head from the text to the multimodal vocabulary (new rows: mean row)")
+
+  p = sub.add_parser("from-lwm", help="released LWM/EasyLM Jax params file -> MaxText Orbax checkpoint")
+  common(p, "", "parameter dtype (default: the config's weight_dtype)")
+  p.add_argument("--lwm", required=True, help="LWM streaming params file (e.g. LWM-Chat-1M-Jax/params)")
+  p.add_argument("--extend-vocab", action="store_true", help="text-only LWM model -> multimodal vocabulary")
+  return parser
+
+
+def _resolve(args: argparse.Namespace) -> Any:
+  """The resolved config (MaxText's own resolution, with our key checks first)."""
+  from lwm_plugin import integration  # pylint: disable=import-outside-toplevel  (imports MaxText)
+  from lwm_plugin.config import check_keys  # pylint: disable=import-outside-toplevel
+
+  config_file = resolve_config_file(args.config)
+  check_keys(config_file, args.overrides)
+  return integration.resolve_config([PROG, config_file, "hardware=cpu", "skip_jax_distributed_system=true",
+                                     *args.overrides])
+
+
+def _run(args: argparse.Namespace) -> None:
+  # pylint: disable=import-outside-toplevel  (each command imports only what it needs)
+  from conversion import vocab as vocab_lib
+  from conversion.spec import ModelSpec
+
+  config = _resolve(args)
+  spec = ModelSpec.from_config(config)
+  progress = not args.no_progress
+  if args.command == "to-hf":
+    from conversion import to_hf
+
+    vocab = None if args.no_tokenizer else vocab_lib.load(config)
+    to_hf.convert(spec, args.checkpoint, args.output, vocab=vocab, dtype=args.dtype,
+                  max_shard_bytes=args.max_shard_size, progress=progress)
+    return
+  dtype = args.dtype or str(getattr(config.weight_dtype, "value", config.weight_dtype))
+  if args.command == "from-hf":
+    from conversion import from_hf
+
+    vocab = vocab_lib.load(config) if args.extend_vocab else None
+    from_hf.convert(spec, args.hf, args.output, vocab=vocab, extend_vocab=args.extend_vocab, dtype=dtype,
+                    progress=progress)
+  else:
+    from conversion import from_lwm
+
+    from_lwm.convert(spec, args.lwm, args.output, vocab=vocab_lib.load(config),
+                     extend_vocab=args.extend_vocab, dtype=dtype, progress=progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")   # before JAX is imported: conversion runs on the host
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # no "PyTorch was not found" notice
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("conversion").setLevel(logging.INFO)
+  from conversion.spec import ConversionError  # pylint: disable=import-outside-toplevel
+
+  try:
+    _run(args)
+  except (ConversionError, ConfigError) as e:
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"{PROG}: interrupted; no output written", file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,134 @@
+"""Released LWM / EasyLM Jax checkpoints: the streaming msgpack `params` file, read lazily.
+
+Format (EasyLM `StreamingCheckpointer.save_checkpoint`, also LWM's `tux`): a flat sequence of
+msgpack records `(key_tuple, flax.serialization.to_bytes(array))`, one per tensor, in
+`flatten_dict` order. The value is itself msgpack: a flax ndarray extension, or, for arrays over
+1 GiB (e.g. a 7B model's scanned MLP kernels), flax's chunked-array map. There is no index, so
+`LwmFile` scans the file once reading only record headers (a few hundred bytes each, then a seek
+past the data) and decodes a tensor only when asked. `flax.serialization.msgpack_restore`
+decodes values, chunked ones included.
+
+Keys start with `params` (the released files hold `train_state.params`); the prefix is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import msgpack
+import numpy as np
+from flax import serialization
+
+from conversion.spec import ConversionError
+
+Key = tuple[str, ...]
+_HEAD_BYTES = 64 * 1024
+# msgpack headers of a byte string: marker -> (size of the length field); bin 8/16/32, str 8/16/32.
+_LENGTH_BYTES = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
+_LENGTH_FORMAT = {1: ">B", 2: ">H", 4: ">I"}
+_EXT_LENGTH_BYTES = {0xC7: 1, 0xC8: 2, 0xC9: 4}   # ext 8/16/32 (flax's ndarray extension)
+_FLAX_NDARRAY = 1
+
+
+def _value_span(head: bytes, pos: int, where: str) -> tuple[int, int]:
+  """(offset of the data relative to `head`, data length) of the byte string starting at `pos`."""
+  marker = head[pos]
+  if 0xA0 <= marker <= 0xBF:   # fixstr
+    return pos + 1, marker & 0x1F
+  size = _LENGTH_BYTES.get(marker)
+  if size is None:
+    raise ConversionError(f"{where}: a record's value is not a byte string (msgpack marker {marker:#x}); "
+                          "not an EasyLM/LWM streaming checkpoint")
+  (length,) = struct.unpack(_LENGTH_FORMAT[size], head[pos + 1:pos + 1 + size])
+  return pos + 1 + size, length
+
+
+def _ndarray_shape(head: bytes, pos: int, where: str) -> tuple[int, ...]:
+  """Shape of the flax ndarray extension at `pos`: ext header, then msgpack (shape, dtype, data)."""
+  size = _EXT_LENGTH_BYTES.get(head[pos])
+  if size is None or head[pos + 1 + size] != _FLAX_NDARRAY:
+    raise ConversionError(f"{where}: value is not a flax-serialized array")
+  unpacker = msgpack.Unpacker(raw=False)
+  unpacker.feed(head[pos + 2 + size:])
+  if unpacker.read_array_header() != 3:
+    raise ConversionError(f"{where}: value is not a flax-serialized array")
+  return tuple(int(d) for d in unpacker.unpack())
+
+
+def _encoded_shape(head: bytes, where: str) -> tuple[int, ...]:
+  """Shape of an encoded value (a flax array, or flax's chunked-array map) from its first bytes."""
+  if head[0] in _EXT_LENGTH_BYTES:
+    return _ndarray_shape(head, 0, where)
+  unpacker = msgpack.Unpacker(raw=False)
+  unpacker.feed(head)
+  try:
+    for _ in range(unpacker.read_map_header()):
+      if unpacker.unpack() == "shape":
+        dims = unpacker.unpack()
+        return tuple(int(dims[str(i)]) for i in range(len(dims)))
+      unpacker.skip()
+  except (ValueError, msgpack.OutOfData, TypeError, KeyError) as e:
+    raise ConversionError(f"{where}: value is not a flax-serialized array ({e})") from e
+  raise ConversionError(f"{where}: value is not a flax-serialized array")
+
+
+def _strip_prefix(key: Key) -> Key:
+  return key[1:] if key and key[0] == "params" else key
+
+
+class LwmFile:
+  """Index of a streaming params file: key -> (offset, length) of each encoded tensor."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = Path(path)
+    if not self.path.is_file():
+      raise ConversionError(f"{path}: no such LWM params file")
+    self._index: dict[Key, tuple[int, int]] = {}
+    size = self.path.stat().st_size
+    with open(self.path, "rb") as f:
+      offset = 0
+      while offset < size:
+        f.seek(offset)
+        head = f.read(_HEAD_BYTES)
+        where = f"{self.path} (record at byte {offset})"
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(head)
+        try:
+          if unpacker.read_array_header() != 2:
+            raise ValueError("record is not a (key, value) pair")
+          key = tuple(str(k) for k in unpacker.unpack())
+        except (ValueError, msgpack.OutOfData, TypeError) as e:
+          raise ConversionError(f"{where}: not an EasyLM/LWM streaming checkpoint ({e})") from e
+        start, length = _value_span(head, unpacker.tell(), where)
+        if offset + start + length > size:
+          raise ConversionError(f"{where}: file is truncated (tensor {'/'.join(key)} runs past the end)")
+        key = _strip_prefix(key)
+        if key in self._index:
+          raise ConversionError(f"{where}: tensor {'/'.join(key)} appears twice")
+        self._index[key] = (offset + start, length)
+        offset += start + length
+    if not self._index:
+      raise ConversionError(f"{path}: empty LWM params file")
+
+  def keys(self) -> list[Key]:
+    return list(self._index)
+
+  def shape(self, key: Key) -> tuple[int, ...]:
+    """The tensor's shape, from the first bytes of its record (no tensor data is read)."""
+    offset, length = self._index[key]
+    with open(self.path, "rb") as f:
+      f.seek(offset)
+      head = f.read(min(length, _HEAD_BYTES))
+    return _encoded_shape(head, f"{self.path}: {'/'.join(key)}")
+
+  def read(self, key: Key) -> np.ndarray:
+    offset, length = self._index[key]
+    with open(self.path, "rb") as f:
+      f.seek(offset)
+      data = f.read(length)
+    value = serialization.msgpack_restore(data)
+    if not isinstance(value, np.ndarray):
+      raise ConversionError(f"{self.path}: {'/'.join(key)} is not an array ({type(value).__name__})")
+    return value

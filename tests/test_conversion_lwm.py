@@ -1,0 +1,130 @@
+"""Released LWM/EasyLM Jax checkpoints: the streaming file reader and from-lwm (in process)."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import serialization
+from safetensors.numpy import load_file
+
+from conversion import from_lwm, to_hf
+from conversion.lwm_format import LwmFile
+from conversion.orbax_params import ParamsReader, ParamsWriter
+from conversion.spec import ConversionError, ModelSpec
+from lwm_checkpoints import expected_hf, lwm_tree, write_lwm
+from lwm_plugin.vocab import MultimodalVocab
+
+E, H, M, L = 32, 4, 64, 2
+
+
+@pytest.fixture(scope="module")
+def vocab():
+  return MultimodalVocab.default()   # LLaMA-2 + LWM's 8448-row vision table: 40448 ids
+
+
+def _spec(vocab, **changes):
+  spec = ModelSpec(E=E, H=H, K=H, D=E // H, M=M, L=L, V=vocab.size, norm_eps=1e-6, rope_theta=5e7,
+                   max_positions=4096, tie_embeddings=False, scan_layers=True)
+  return spec.with_(**changes)
+
+
+def _tree(vocab, **kw):
+  args = dict(E=E, H=H, M=M, L=L, text_rows=vocab.text_size, vision_rows=vocab.vision_rows)
+  args.update(kw)
+  return lwm_tree(**args)
+
+
+def test_reader_index_shapes_and_chunked_arrays(tmp_path, monkeypatch):
+  tree = {("transformer", "wte", "embedding"): np.arange(12, dtype=np.float32).reshape(4, 3),
+          ("lm_head", "kernel"): np.ones((3, 4), ml_dtypes.bfloat16),
+          ("transformer", "ln_f", "kernel"): np.full((3,), 2, np.float32)}
+  # flax splits arrays over MAX_CHUNK_SIZE bytes (1 GiB: a 7B model's scanned MLP kernels) into chunks.
+  monkeypatch.setattr(serialization, "MAX_CHUNK_SIZE", 16)
+  write_lwm(tmp_path / "params", tree)
+  monkeypatch.undo()
+  lwm = LwmFile(tmp_path / "params")
+  assert lwm.keys() == list(tree)   # the 'params' prefix is dropped
+  for key, value in tree.items():
+    assert lwm.shape(key) == value.shape
+    got = lwm.read(key)
+    assert got.dtype == value.dtype
+    np.testing.assert_array_equal(got, value)
+
+
+def test_reader_rejects_truncated_and_foreign_files(tmp_path):
+  write_lwm(tmp_path / "params", {("a",): np.zeros((64,), np.float32)})
+  data = (tmp_path / "params").read_bytes()
+  (tmp_path / "cut").write_bytes(data[:-10])
+  with pytest.raises(ConversionError, match="truncated"):
+    LwmFile(tmp_path / "cut")
+  (tmp_path / "json").write_text('{"not": "msgpack records"}')
+  with pytest.raises(ConversionError, match="not an EasyLM/LWM streaming checkpoint"):
+    LwmFile(tmp_path / "json")
+
+
+@pytest.mark.parametrize("scanned", [True, False])
+def test_vision_checkpoint_converts_to_the_merged_vocabulary(tmp_path, vocab, scanned):
+  tree = _tree(vocab, scanned=scanned, dtype=ml_dtypes.bfloat16)
+  write_lwm(tmp_path / "params", tree)
+  spec = _spec(vocab)
+  from_lwm.convert(spec, tmp_path / "params", tmp_path / "mt", vocab=vocab, progress=False)
+  # MaxText layout: query pre-scaled by 1/sqrt(D), merged embedding with vision id v at text_size + v.
+  params = ParamsReader(tmp_path / "mt" / "0" / "items")
+  embed = params.read(("token_embedder", "embedding"))
+  assert embed.shape == (vocab.size, E) and embed.dtype == np.float32
+  np.testing.assert_array_equal(embed[vocab.eof_id], np.asarray(tree[("transformer", "vte", "embedding")][8192], np.float32))
+  # Back to Hugging Face and compared with EasyLM's converter formula, tensor by tensor.
+  to_hf.convert(spec, tmp_path / "mt" / "0" / "items", tmp_path / "hf", vocab=vocab, dtype="float32", progress=False)
+  got = load_file(tmp_path / "hf" / "model.safetensors")
+  want = expected_hf(tree, H=H, L=L, rows=vocab.size)
+  assert set(got) == set(want)
+  for name in want:   # D = 8: sqrt(D) is not a power of two, so the q scale round trip costs an ulp
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=0, err_msg=name)
+
+
+def test_text_checkpoint_needs_extend_vocab_for_a_multimodal_config(tmp_path, vocab):
+  write_lwm(tmp_path / "params", _tree(vocab, vision_rows=0))
+  with pytest.raises(ConversionError, match="vocabulary size mismatch.*--extend-vocab"):
+    from_lwm.convert(_spec(vocab), tmp_path / "params", tmp_path / "out", vocab=vocab, progress=False)
+  assert not (tmp_path / "out").exists()
+  from_lwm.convert(_spec(vocab), tmp_path / "params", tmp_path / "out", vocab=vocab, extend_vocab=True,
+                   progress=False)
+  embed = ParamsReader(tmp_path / "out" / "0" / "items").read(("token_embedder", "embedding"))
+  text = np.asarray(_tree(vocab, vision_rows=0)[("transformer", "wte", "embedding")], np.float32)
+  np.testing.assert_array_equal(embed[:vocab.text_size], text)
+  mean = text.astype(np.float64).mean(0)   # new rows: the mean text row
+  np.testing.assert_allclose(embed[vocab.text_size:], np.broadcast_to(mean, embed[vocab.text_size:].shape), atol=1e-9)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda t: t.pop(("transformer", "h", "scan_decoder", "feed_forward", "w3", "kernel")),
+     "missing tensor transformer/h/scan_decoder/feed_forward/w3/kernel"),
+    (lambda t: t.update({("transformer", "ln_f", "kernel"): np.ones(E + 1, np.float32)}),
+     r"transformer/ln_f/kernel has shape \(33,\), expected \(32,\)"),
+    (lambda t: t.update({("transformer", "vte", "embedding"): np.ones((8000, E), np.float32)}),
+     "the vision table has 8000 rows"),
+    (lambda t: t.update({("opt_state", "mu"): np.ones(3, np.float32)}), r"unexpected tensor\(s\) \['opt_state/mu'\]"),
+])
+def test_bad_checkpoints_fail_clearly_without_output(tmp_path, vocab, break_it, message):
+  tree = _tree(vocab)
+  break_it(tree)
+  write_lwm(tmp_path / "params", tree)
+  with pytest.raises(ConversionError, match=message):
+    from_lwm.convert(_spec(vocab), tmp_path / "params", tmp_path / "out", vocab=vocab, progress=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["params"]
+
+
+def test_interrupted_conversion_leaves_no_output(tmp_path, vocab, monkeypatch):
+  write_lwm(tmp_path / "params", _tree(vocab))
+  calls = []
+
+  def interrupt(self, path, x):
+    calls.append(path)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return original(self, path, x)
+
+  original = ParamsWriter.add
+  monkeypatch.setattr(ParamsWriter, "add", interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    from_lwm.convert(_spec(vocab), tmp_path / "params", tmp_path / "out", vocab=vocab, progress=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["params"]
