@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from maxtext.configs import types
 from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
+from pydantic import model_validator
 
 from lwm_plugin.config_files import ConfigError, config_chain
 from lwm_plugin.settings import LWMSettings
@@ -20,6 +21,30 @@ from lwm_plugin.settings import LWMSettings
 
 class LWMConfig(types.MaxTextConfig, LWMSettings):
   """MaxText's config class extended with the LWM settings; pass as `config_class=`."""
+
+  @model_validator(mode="after")
+  def _check_ring_attention(self) -> "LWMConfig":
+    """`attention: ring` combinations that cannot work, refused with the key to change."""
+    if self.attention != "ring":
+      return self
+    if self.context_parallel_strategy != "all_gather":
+      raise ValueError(f"attention: ring is the LWM ring over the context axis; leave context_parallel_strategy at "
+                       f"'all_gather' (got {self.context_parallel_strategy!r}, MaxText's own kernels)")
+    if self.ici_context_usp_ulysses_parallelism != 1 or self.dcn_context_usp_ulysses_parallelism != 1:
+      raise ValueError("attention: ring does not combine with Ulysses parallelism (*_context_usp_ulysses_parallelism)")
+    if self.attention_type not in ("global", "full"):
+      raise ValueError(f"attention: ring supports attention_type global (causal) or full, not {self.attention_type!r}")
+    if self.attn_logits_soft_cap:
+      raise ValueError("attention: ring does not implement attn_logits_soft_cap")
+    cp = self.ici_context_parallelism * self.dcn_context_parallelism
+    if self.context_parallel_load_balance and cp > 1:  # -1 (fill the mesh) is checked by MaxText's reorder
+      if cp % 2:
+        raise ValueError(f"attention: ring with context_parallel_load_balance needs an even context parallelism, got "
+                         f"{cp}; set context_parallel_load_balance=false")
+      if self.max_target_length % (2 * cp):
+        raise ValueError(f"attention: ring with context_parallel_load_balance needs max_target_length "
+                         f"({self.max_target_length}) divisible by 2 x context parallelism ({2 * cp})")
+    return self
 
 
 def _valid_keys(config_class: type[Any]) -> set[str]:
