@@ -22,14 +22,22 @@ from lwm_plugin.settings import LWMSettings
 class LWMConfig(types.MaxTextConfig, LWMSettings):
   """MaxText's config class extended with the LWM settings; pass as `config_class=`."""
 
+  @model_validator(mode="before")
+  @classmethod
+  def _check_ring_strategy(cls, data: Any) -> Any:
+    """Before MaxText's checks, whose message for this mistake would point to its own TPU/GPU ring."""
+    if isinstance(data, dict) and data.get("attention") == "ring":
+      strategy = data.get("context_parallel_strategy", "all_gather")
+      if strategy != "all_gather":
+        raise ValueError(f"attention: ring is the LWM ring over the context axis; leave context_parallel_strategy at "
+                         f"'all_gather' (got {strategy!r}, which selects MaxText's own kernels)")
+    return data
+
   @model_validator(mode="after")
   def _check_ring_attention(self) -> "LWMConfig":
     """`attention: ring` combinations that cannot work, refused with the key to change."""
     if self.attention != "ring":
       return self
-    if self.context_parallel_strategy != "all_gather":
-      raise ValueError(f"attention: ring is the LWM ring over the context axis; leave context_parallel_strategy at "
-                       f"'all_gather' (got {self.context_parallel_strategy!r}, MaxText's own kernels)")
     if self.ici_context_usp_ulysses_parallelism != 1 or self.dcn_context_usp_ulysses_parallelism != 1:
       raise ValueError("attention: ring does not combine with Ulysses parallelism (*_context_usp_ulysses_parallelism)")
     if self.attention_type not in ("global", "full"):
