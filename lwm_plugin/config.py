@@ -3,6 +3,7 @@
 MaxText rejects unknown keys, but its message lists every valid key (hundreds) and does not say
 which file the bad key came from. `check_keys` runs first and names the YAML file and line (or
 the command-line argument) and the closest valid keys. MaxText's own check still runs after it.
+`LWMConfig` also refuses `attention: ring` combinations that cannot work, naming the key to change.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
 from pydantic import model_validator
 
 from lwm_plugin.config_files import ConfigError, config_chain
+from lwm_plugin.kernels.ring import ring as ring_kernels
 from lwm_plugin.settings import LWMSettings
 
 
@@ -44,6 +46,9 @@ class LWMConfig(types.MaxTextConfig, LWMSettings):
       raise ValueError(f"attention: ring supports attention_type global (causal) or full, not {self.attention_type!r}")
     if self.attn_logits_soft_cap:
       raise ValueError("attention: ring does not implement attn_logits_soft_cap")
+    if self.lwm_ring_impl != "auto" and self.lwm_ring_impl not in ring_kernels.HOP_IMPLS:
+      raise ValueError(f"lwm_ring_impl={self.lwm_ring_impl!r} is not in this build (available: "
+                       f"{sorted(ring_kernels.HOP_IMPLS)} or 'auto')")
     cp = self.ici_context_parallelism * self.dcn_context_parallelism
     if self.context_parallel_load_balance and cp > 1:  # -1 (fill the mesh) is checked by MaxText's reorder
       if cp % 2:

@@ -229,6 +229,9 @@ def run_check_vma(impl: str) -> dict:
 
 
 def run_all(impl: str, names=None) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+
+  jax.config.update("jax_numpy_rank_promotion", "raise")  # as in the test process
   return {"cases": run_cases(impl, names), "leakage": run_leakage(impl), "skipping": run_skipping(impl),
           "hlo": run_hlo(impl), "check_vma": run_check_vma(impl)}
 

@@ -147,6 +147,7 @@ def test_train_mode_refuses_unsupported_features():
     (["max_target_length=260"], r"max_target_length \(260\) divisible by 2 x context parallelism \(8\)"),
     (["attention_type=local_sliding", "sliding_window_size=64"], "supports attention_type global"),
     (["attn_logits_soft_cap=30.0"], "attn_logits_soft_cap"),
+    (["lwm_ring_impl=pallas"], r"lwm_ring_impl='pallas' is not in this build \(available: \['xla'\]"),
 ])
 def test_incompatible_settings_fail_with_the_key_to_change(overrides, message):
   from maxtext_configs import config_path  # pylint: disable=import-outside-toplevel

@@ -4,9 +4,10 @@
 its own K/V; at hop t it holds the shard of device (r - t) mod N (every device sends to r + 1).
 K and V travel stacked in one `ppermute`, with kv segment ids and positions stacked in a second
 (int32) one. The permute that brings hop t+1's shard is issued before hop t's compute and only read
-by the next iteration, so the transfer overlaps the compute; the loop is peeled (first hop before
-the `lax.scan`, last hop after it) so each scan iteration holds exactly the permutes it needs and no
-wasted last transfer.
+by the next hop, so the transfer overlaps the compute. The loop is peeled (first hop before the
+`lax.scan`, last hop after it), so there is no wasted last transfer and no conditional permute, and
+each scan iteration runs two hops so that the K/V buffers alternate without a copy (`_repeat`); the
+tests check the compiled HLO for exactly one K/V permute per hop and no copy in the loop.
 
 Forward: per hop, the hop implementation returns a float32 output normalised within the hop and
 its log-sum-exp; they merge exactly in float32 (o = w_old o + w_hop o_hop with w = exp(lse - lse_new)),
