@@ -116,13 +116,14 @@ class HopFwd(Protocol):
 
 class HopBwd(Protocol):
 
-  def __call__(self, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, do_BxLxHxD, lse_BxHxL, delta_BxHxL, q_seg_BxL, kv_seg_BxL,
-               q_pos_BxL, kv_pos_BxL, *, scale: float, causal: bool,
+  def __call__(self, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, do_BxLxHxD, lse_BxHxL, delta_BxHxL, dq_BxLxHxD, q_seg_BxL,
+               kv_seg_BxL, q_pos_BxL, kv_pos_BxL, *, scale: float, causal: bool,
                block_sizes: BlockSizes) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One hop backward: float32 (dq_BxLxHxD, dk_BxLxKxD, dv_BxLxKxD) partials for this hop's K/V.
+    """One hop backward: float32 (dq_BxLxHxD + this hop's dq, dk_BxLxKxD, dv_BxLxKxD of this hop's K/V).
 
     `lse` is the final (all-hop) log-sum-exp and `delta` = rowsum(do * o) of the final output, both
-    float32; rows with lse = -inf contribute nothing.
+    float32; rows with lse = -inf contribute nothing. `dq_BxLxHxD` (float32) is the dq accumulated
+    over the previous hops: the hop adds to it (in place where the backend can) and returns it.
     """
 
 

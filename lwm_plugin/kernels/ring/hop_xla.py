@@ -17,6 +17,11 @@ Backward, per key block (outer) and query block (inner), with the final lse and 
 GQA: queries are viewed as [B, L, K, G, D] with G = H / K, so repeated K/V heads never exist.
 p and ds are cast to the input dtype before their matmuls (as flash kernels do); every accumulation
 is float32.
+
+Memory and layout: blocks are sliced out of the (padded) arrays inside the loops and transposed
+there to head-major [B, K, (G,) block, D], so every einsum is a plain batched matmul without a
+transpose of the score-sized operands, and no transposed copy of a whole q/k/v/do array exists.
+Outputs and gradients are written block by block into float32 buffers in the input layout.
 """
 
 from __future__ import annotations
@@ -28,80 +33,60 @@ from lwm_plugin.kernels.ring import common
 from lwm_plugin.kernels.ring.common import BlockSizes
 
 
-def _q_blocks(x_BxLxHxD, kv_heads: int, block: int):
-  """[B, L, H, D] -> [n, B, K, G, block, D]: head-major blocks, so every einsum below is a plain
-  batched matmul (batch B, K) with no transpose of the score-sized operands."""
-  x = common.pad_to(x_BxLxHxD, block)
-  b, length, h, d = x.shape
-  return x.reshape(b, length // block, block, kv_heads, h // kv_heads, d).transpose(1, 0, 3, 4, 2, 5)
+def _slice(x, i, block: int, axis: int = 1):
+  return jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=axis)
 
 
-def _q_unblocks(x, length: int):
-  """Inverse of `_q_blocks` (drops the padding): [n, B, K, G, block, D] -> [B, L, H, D]."""
-  n, b, kh, g, block, d = x.shape
-  return x.transpose(1, 0, 4, 2, 3, 5).reshape(b, n * block, kh * g, d)[:, :length]
+def _put(buf, x, i, block: int, axis: int = 1):
+  return jax.lax.dynamic_update_slice_in_dim(buf, x, i * block, axis=axis)
 
 
-def _kv_blocks(x_BxLxKxD, block: int):
-  """[B, L, K, D] -> [n, B, K, block, D]."""
-  x = common.pad_to(x_BxLxKxD, block)
-  b, length, kh, d = x.shape
-  return x.reshape(b, length // block, block, kh, d).transpose(1, 0, 3, 2, 4)
+def _heads_major_q(x_BxbxKxGxD):
+  return x_BxbxKxGxD.transpose(0, 2, 3, 1, 4)  # [B, K, G, b, D]
 
 
-def _kv_unblocks(x, length: int):
-  """[n, B, K, block, D] -> [B, L, K, D]."""
-  n, b, kh, block, d = x.shape
-  return x.transpose(1, 0, 3, 2, 4).reshape(b, n * block, kh, d)[:, :length]
+def _heads_major_kv(x_BxbxKxD):
+  return x_BxbxKxD.transpose(0, 2, 1, 3)  # [B, K, b, D]
 
 
-def _tok_blocks(x_BxL, block: int):
-  """[B, L] int -> [n, B, block] (padding: segment 0)."""
-  x = common.pad_to(x_BxL, block)
-  return jnp.moveaxis(x.reshape(x.shape[0], -1, block), 1, 0)
+class _Padded:
+  """One hop's operands padded to whole blocks (padding: segment 0, masked) plus the visibility table."""
 
-
-def _row_stats(x_BxHxL, kv_heads: int, block: int, fill: float):
-  """[B, H, L] -> [n, B, K, G, block]; padded rows get `fill`."""
-  b, h, length = x_BxHxL.shape
-  x = jnp.pad(x_BxHxL, ((0, 0), (0, 0), (0, -length % block)), constant_values=fill)
-  return x.reshape(b, kv_heads, h // kv_heads, -1, block).transpose(3, 0, 1, 2, 4)
-
-
-def _visible_blocks(q_seg, q_pos, kv_seg, kv_pos, bq: int, bk: int, causal: bool):
-  q_seg, q_pos = common.pad_to(q_seg, bq), common.pad_to(q_pos, bq)
-  kv_seg, kv_pos = common.pad_to(kv_seg, bk), common.pad_to(kv_pos, bk)
-  return common.visible(common.summarize(q_seg, q_pos, bq), common.summarize(kv_seg, kv_pos, bk), causal)
+  def __init__(self, q, k, v, q_seg, kv_seg, q_pos, kv_pos, bq: int, bk: int, causal: bool):
+    b, self.lq, h, d = q.shape
+    self.lk, self.kh = k.shape[1:3]
+    self.g = h // self.kh
+    self.q = common.pad_to(q, bq).reshape(b, -1, self.kh, self.g, d)  # [B, Lq', K, G, D]: a reshape, no copy
+    self.k, self.v = common.pad_to(k, bk), common.pad_to(v, bk)
+    self.q_seg, self.q_pos = common.pad_to(q_seg, bq), common.pad_to(q_pos, bq)
+    self.kv_seg, self.kv_pos = common.pad_to(kv_seg, bk), common.pad_to(kv_pos, bk)
+    self.nq, self.nk = self.q.shape[1] // bq, self.k.shape[1] // bk
+    self.vis = common.visible(common.summarize(self.q_seg, self.q_pos, bq),
+                              common.summarize(self.kv_seg, self.kv_pos, bk), causal)  # [nq, nk]
 
 
 def hop_fwd(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, q_seg_BxL, kv_seg_BxL, q_pos_BxL, kv_pos_BxL, *, scale: float,
             causal: bool, block_sizes: BlockSizes):
   """See `common.HopFwd`."""
   b, lq, h, d = q_BxLxHxD.shape
-  lk, kh = k_BxLxKxD.shape[1:3]
-  g = h // kh
-  bq, bk = min(block_sizes.block_q, lq), min(block_sizes.block_kv, lk)
+  bq, bk = min(block_sizes.block_q, lq), min(block_sizes.block_kv, k_BxLxKxD.shape[1])
+  x = _Padded(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, q_seg_BxL, kv_seg_BxL, q_pos_BxL, kv_pos_BxL, bq, bk, causal)
+  kh, g = x.kh, x.g
   precision = common.dot_precision(q_BxLxHxD.dtype)
-  dot = lambda spec, x, y: jnp.einsum(spec, x, y, preferred_element_type=jnp.float32, precision=precision)
+  dot = lambda spec, a, c: jnp.einsum(spec, a, c, preferred_element_type=jnp.float32, precision=precision)
 
-  vis = _visible_blocks(q_seg_BxL, q_pos_BxL, kv_seg_BxL, kv_pos_BxL, bq, bk, causal)
-  q_xs = (_q_blocks(q_BxLxHxD, kh, bq), _tok_blocks(q_seg_BxL, bq), _tok_blocks(q_pos_BxL, bq), vis)
-  kv_xs = (_kv_blocks(k_BxLxKxD, bk), _kv_blocks(v_BxLxKxD, bk), _tok_blocks(kv_seg_BxL, bk),
-           _tok_blocks(kv_pos_BxL, bk))
+  def q_block(i, bufs):
+    o_buf, lse_buf = bufs
+    q_i = _heads_major_q(_slice(x.q, i, bq))  # [B, K, G, bq, D]
+    seg_i, pos_i = _slice(x.q_seg, i, bq), _slice(x.q_pos, i, bq)
 
-  def q_block(xs):
-    q_i, seg_i, pos_i, vis_i = xs  # [B, K, G, bq, D], [B, bq], [B, bq], [nk]
-    # *_like(q_i): the carry varies over the same shard_map axes as the computed values (check_vma).
-    init = (jnp.full_like(q_i, -jnp.inf, jnp.float32, (b, kh, g, bq)), jnp.zeros_like(q_i, jnp.float32, (b, kh, g, bq)),
-            jnp.zeros_like(q_i, jnp.float32))
-
-    def kv_block(carry, xs):
-      k_j, v_j, seg_j, pos_j, vis_ij = xs  # [B, K, bk, D] x2, [B, bk] x2, []
+    def kv_block(carry, j):
 
       def compute(carry):
         m, l, acc = carry
-        mask = common.token_mask(seg_i, pos_i, seg_j, pos_j, causal)[:, None, None]  # [B, 1, 1, bq, bk]
-        s = jnp.where(mask, dot("bkgqd,bksd->bkgqs", q_i, k_j) * scale, -jnp.inf)
+        k_j, v_j = _heads_major_kv(_slice(x.k, j, bk)), _heads_major_kv(_slice(x.v, j, bk))  # [B, K, bk, D]
+        mask = common.token_mask(seg_i, pos_i, _slice(x.kv_seg, j, bk), _slice(x.kv_pos, j, bk), causal)
+        s = jnp.where(mask[:, None, None], dot("bkgqd,bksd->bkgqs", q_i, k_j) * scale, -jnp.inf)
         m_new = jnp.maximum(m, s.max(axis=-1))
         m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
         p = jnp.exp(s - m_safe[..., None])
@@ -109,47 +94,56 @@ def hop_fwd(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, q_seg_BxL, kv_seg_BxL, q_pos_BxL, k
         pv = dot("bkgqs,bksd->bkgqd", p.astype(v_j.dtype), v_j)
         return m_new, c * l + p.sum(axis=-1), c[..., None] * acc + pv
 
-      return jax.lax.cond(vis_ij, compute, lambda c: c, carry), None
+      return jax.lax.cond(x.vis[i, j], compute, lambda c: c, carry), None
 
-    (m, l, acc), _ = jax.lax.scan(kv_block, init, (*kv_xs, vis_i))
+    # *_like(q_i): the carry varies over the same shard_map axes as the computed values (check_vma).
+    init = (jnp.full_like(q_i, -jnp.inf, jnp.float32, (b, kh, g, bq)), jnp.zeros_like(q_i, jnp.float32, (b, kh, g, bq)),
+            jnp.zeros_like(q_i, jnp.float32))
+    (m, l, acc), _ = jax.lax.scan(kv_block, init, jnp.arange(x.nk))
     seen = l > 0
     o = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
     lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
-    return o, lse
+    return _put(o_buf, o.transpose(0, 3, 1, 2, 4), i, bq), _put(lse_buf, lse, i, bq, axis=3)
 
-  o, lse = jax.lax.map(q_block, q_xs)  # [nq, B, K, G, bq, D], [nq, B, K, G, bq]
-  lse = lse.transpose(1, 2, 3, 0, 4).reshape(b, h, -1)[:, :, :lq]
-  return _q_unblocks(o, lq), lse
+  bufs = (jnp.zeros_like(x.q, jnp.float32), jnp.zeros_like(x.q, jnp.float32, (b, kh, g, x.nq * bq)))
+  o, lse = jax.lax.fori_loop(0, x.nq, q_block, bufs)
+  return o.reshape(b, -1, h, d)[:, :lq], lse.reshape(b, h, -1)[:, :, :lq]
 
 
-def hop_bwd(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, do_BxLxHxD, lse_BxHxL, delta_BxHxL, q_seg_BxL, kv_seg_BxL, q_pos_BxL,
-            kv_pos_BxL, *, scale: float, causal: bool, block_sizes: BlockSizes):
+def hop_bwd(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, do_BxLxHxD, lse_BxHxL, delta_BxHxL, dq_BxLxHxD, q_seg_BxL, kv_seg_BxL,
+            q_pos_BxL, kv_pos_BxL, *, scale: float, causal: bool, block_sizes: BlockSizes):
   """See `common.HopBwd`."""
-  lq, h = q_BxLxHxD.shape[1:3]
-  lk, kh = k_BxLxKxD.shape[1:3]
+  b, lq, h, d = q_BxLxHxD.shape
+  lk = k_BxLxKxD.shape[1]
   block_q, block_kv = block_sizes.bwd
   bq, bk = min(block_q, lq), min(block_kv, lk)
+  x = _Padded(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, q_seg_BxL, kv_seg_BxL, q_pos_BxL, kv_pos_BxL, bq, bk, causal)
+  kh, g = x.kh, x.g
   precision = common.dot_precision(q_BxLxHxD.dtype)
   dtype = q_BxLxHxD.dtype
-  dot = lambda spec, x, y: jnp.einsum(spec, x, y, preferred_element_type=jnp.float32, precision=precision)
+  dot = lambda spec, a, c: jnp.einsum(spec, a, c, preferred_element_type=jnp.float32, precision=precision)
+  do = common.pad_to(do_BxLxHxD, bq).reshape(x.q.shape)
 
-  vis = _visible_blocks(q_seg_BxL, q_pos_BxL, kv_seg_BxL, kv_pos_BxL, bq, bk, causal)
-  lse = _row_stats(lse_BxHxL, kh, bq, -jnp.inf)
+  def stats(x_BxHxL, fill):  # [B, H, L] -> [B, K, G, Lq'] (a reshape); padded rows get `fill`
+    pad = x.nq * bq - lq
+    return jnp.pad(x_BxHxL, ((0, 0), (0, 0), (0, pad)), constant_values=fill).reshape(b, kh, g, -1)
+
+  lse = stats(lse_BxHxL, -jnp.inf)
   lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # such rows are fully masked: p = 0 below
-  q_xs = (_q_blocks(q_BxLxHxD, kh, bq), _q_blocks(do_BxLxHxD, kh, bq), lse, _row_stats(delta_BxHxL, kh, bq, 0.0),
-          _tok_blocks(q_seg_BxL, bq), _tok_blocks(q_pos_BxL, bq))
-  kv_xs = (_kv_blocks(k_BxLxKxD, bk), _kv_blocks(v_BxLxKxD, bk), _tok_blocks(kv_seg_BxL, bk),
-           _tok_blocks(kv_pos_BxL, bk), vis.T)
+  delta = stats(delta_BxHxL, 0.0)
 
-  def kv_block(dq, xs):
-    k_j, v_j, seg_j, pos_j, vis_j = xs
+  def kv_block(j, bufs):
+    dq_buf, dk_buf, dv_buf = bufs
+    k_j, v_j = _heads_major_kv(_slice(x.k, j, bk)), _heads_major_kv(_slice(x.v, j, bk))
+    seg_j, pos_j = _slice(x.kv_seg, j, bk), _slice(x.kv_pos, j, bk)
 
-    def q_block(carry, xs):
-      i, (q_i, do_i, lse_i, delta_i, seg_i, pos_i), vis_ij = xs
-      dk, dv, dq = carry
+    def q_block(carry, i):
+      dk, dv, dq_buf = carry
 
       def compute(dk, dv):
-        mask = common.token_mask(seg_i, pos_i, seg_j, pos_j, causal)[:, None, None]
+        q_i, do_i = _heads_major_q(_slice(x.q, i, bq)), _heads_major_q(_slice(do, i, bq))
+        lse_i, delta_i = _slice(lse, i, bq, axis=3), _slice(delta, i, bq, axis=3)
+        mask = common.token_mask(_slice(x.q_seg, i, bq), _slice(x.q_pos, i, bq), seg_j, pos_j, causal)[:, None, None]
         s = jnp.where(mask, dot("bkgqd,bksd->bkgqs", q_i, k_j) * scale, 0.0)
         p = jnp.where(mask, jnp.exp(s - lse_i[..., None]), 0.0)
         dv = dv + dot("bkgqs,bkgqd->bksd", p.astype(dtype), do_i)
@@ -158,19 +152,20 @@ def hop_bwd(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, do_BxLxHxD, lse_BxHxL, delta_BxHxL,
         return dk, dv, scale * dot("bkgqs,bksd->bkgqd", ds, k_j)
 
       def skip(dk, dv):
-        return dk, dv, jnp.zeros_like(q_i, jnp.float32)
+        return dk, dv, jnp.zeros_like(dk, shape=(b, kh, g, bq, d))
 
       # The full dq stays outside the branch (a branch carrying it would copy it every block).
-      dk, dv, dq_i = jax.lax.cond(vis_ij, compute, skip, dk, dv)
-      return (dk, dv, dq.at[i].add(dq_i)), None
+      dk, dv, dq_i = jax.lax.cond(x.vis[i, j], compute, skip, dk, dv)
+      dq_buf = _put(dq_buf, _slice(dq_buf, i, bq) + dq_i.transpose(0, 3, 1, 2, 4), i, bq)
+      return (dk, dv, dq_buf), None
 
-    init = (jnp.zeros_like(k_j, jnp.float32), jnp.zeros_like(k_j, jnp.float32), dq)
-    (dk, dv, dq), _ = jax.lax.scan(q_block, init, (jnp.arange(q_xs[0].shape[0]), q_xs, vis_j))
-    return dq, (dk, dv)
+    init = (jnp.zeros_like(k_j, jnp.float32), jnp.zeros_like(k_j, jnp.float32), dq_buf)
+    (dk, dv, dq_buf), _ = jax.lax.scan(q_block, init, jnp.arange(x.nq))
+    return dq_buf, _put(dk_buf, _heads_major_kv(dk), j, bk), _put(dv_buf, _heads_major_kv(dv), j, bk)
 
-  dq0 = jnp.zeros_like(q_xs[0], jnp.float32)
-  dq, (dk, dv) = jax.lax.scan(kv_block, dq0, kv_xs)
-  return _q_unblocks(dq, lq), _kv_unblocks(dk, lk), _kv_unblocks(dv, lk)
+  dq = common.pad_to(dq_BxLxHxD, bq).reshape(x.q.shape)  # accumulated in place
+  dq, dk, dv = jax.lax.fori_loop(0, x.nk, kv_block, (dq, jnp.zeros_like(x.k, jnp.float32), jnp.zeros_like(x.v, jnp.float32)))
+  return dq.reshape(b, -1, h, d)[:, :lq], dk[:, :lk], dv[:, :lk]
 
 
 HOP = common.HopImpl(name="xla", fwd=hop_fwd, bwd=hop_bwd)

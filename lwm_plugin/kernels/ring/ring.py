@@ -14,7 +14,8 @@ its log-sum-exp; they merge exactly in float32 (o = w_old o + w_hop o_hop with w
 so error does not grow with ring size. A hop whose whole K/V shard is masked for every local query
 (summaries of segment ids and positions) is skipped.
 
-Backward (custom VJP, recomputation per hop, no per-hop residuals): dq stays local in float32. The
+Backward (custom VJP, recomputation per hop, no per-hop residuals): dq stays local in float32 and
+each hop adds to it. The
 float32 dK/dV accumulator of a shard travels behind it, one hop late: at hop t a device receives
 the accumulator of the shard it is computing on (sent by its predecessor, which finished that
 shard the hop before), so that transfer overlaps this hop's compute; after the last hop one more
@@ -148,17 +149,17 @@ def _forward(cfg: _Ring, q, k, v, seg, pos):
   return _merge(o, lse, *_fwd_hop(cfg, q, seg, pos, kv, meta))  # last hop: nothing left to send
 
 
-def _bwd_hop(cfg: _Ring, q, do, lse, delta, q_seg, q_pos, kv, kv_meta):
+def _bwd_hop(cfg: _Ring, q, do, lse, delta, q_seg, q_pos, dq, kv, kv_meta):
 
-  def compute(_):
-    dq, dk, dv = cfg.hop.bwd(q, kv[0], kv[1], do, lse, delta, q_seg, kv_meta[0], q_pos, kv_meta[1], scale=cfg.scale,
+  def compute(dq):
+    dq, dk, dv = cfg.hop.bwd(q, kv[0], kv[1], do, lse, delta, dq, q_seg, kv_meta[0], q_pos, kv_meta[1], scale=cfg.scale,
                              causal=cfg.causal, block_sizes=cfg.block_sizes)
     return dq, jnp.stack([dk, dv])
 
-  def skip(_):
-    return jnp.zeros_like(q, jnp.float32), jnp.zeros_like(kv, jnp.float32)
+  def skip(dq):
+    return dq, jnp.zeros_like(kv, jnp.float32)
 
-  return jax.lax.cond(_hop_visible(cfg, q_seg, q_pos, kv_meta), compute, skip, None)
+  return jax.lax.cond(_hop_visible(cfg, q_seg, q_pos, kv_meta), compute, skip, dq)
 
 
 def _backward(cfg: _Ring, q, k, v, seg, pos, o, lse, do):
@@ -169,20 +170,20 @@ def _backward(cfg: _Ring, q, k, v, seg, pos, o, lse, do):
   kv, meta = jnp.stack([k, v]), jnp.stack([seg, pos])
   grads = functools.partial(_bwd_hop, cfg, q, do, lse, delta, seg, pos)
 
-  dq, dkv = grads(kv, meta)  # hop 0: own shard; dkv is that shard's accumulator so far
+  dq, dkv = grads(jnp.zeros_like(q, jnp.float32), kv, meta)  # hop 0: own shard; dkv: its accumulator so far
   if n == 1:
     return dq, dkv
 
   def hop(carry):
     kv, meta, dkv_done, dq = carry
     dkv_in = send(dkv_done)  # the accumulator of the shard held now; overlaps the compute below
-    dq_hop, dkv_hop = grads(kv, meta)
-    return send(kv), send(meta), dkv_in + dkv_hop, dq + dq_hop
+    dq, dkv_hop = grads(dq, kv, meta)
+    return send(kv), send(meta), dkv_in + dkv_hop, dq
 
   kv, meta, dkv, dq = _repeat(hop, (send(kv), send(meta), dkv, dq), n - 2, cfg.unroll)
   dkv_in = send(dkv)
-  dq_hop, dkv_hop = grads(kv, meta)
-  return dq + dq_hop, send(dkv_in + dkv_hop)  # the last permute brings every accumulator home
+  dq, dkv_hop = grads(dq, kv, meta)
+  return dq, send(dkv_in + dkv_hop)  # the last permute brings every accumulator home
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
