@@ -1,6 +1,6 @@
 """Ring attention on fake CPU devices: memory scaling, causal balance, peers, MaxText step time.
 
-    .venv/bin/python benchmarks/ring_attention_cpu.py [--skip-maxtext] [--maxtext-lengths 4096,16384]
+    .venv/bin/python benchmarks/ring_attention_cpu.py [--sections memory,time,balance,hlo,maxtext]
 
 Sections (each prints a table and its ratios; BENCHMARKS.md records a run):
 1. Compiled per-device temp memory (XLA `memory_analysis`) of one fwd+bwd, at local length L and 2L
@@ -10,7 +10,8 @@ Sections (each prints a table and its ratios; BENCHMARKS.md records a run):
 2. Execution time of one fwd+bwd on the same shapes: ours vs `ringattention` 0.1.2, same run.
 3. Causal balance: blocks computed per device (the kernel's own skip rule), max/mean per layout
    at N = 4, 8 (goal <= 1.05) and total work vs non-causal (goal about 0.5).
-4. MaxText, tiny model, 4 fake devices, context parallelism 4: step time and peak process memory,
+4. The compiled HLO: collective-permutes and copies inside each ring loop body, ours and the peer's.
+5. MaxText, tiny model, 4 fake devices, context parallelism 4: step time and peak process memory,
    `attention: ring` vs `attention: dot_product` (MaxText's all-gather CP), S = 4K, 8K and 16K
    (dot_product only up to --dot-product-max-length: at 16K its dense scores need far more memory
    than a shared 24 GiB host should give one benchmark).
@@ -169,6 +170,18 @@ def time_section(rounds=5):
             f"peer/ours {peer_t / ours_t:.2f}")
 
 
+def hlo_section():
+  print("\n== 4. compiled HLO of fwd+bwd at N=8 (MHA 8 heads, L=2K): collectives and copies per ring loop body ==")
+  from lwm_plugin.kernels.ring import hlo  # pylint: disable=import-outside-toplevel
+
+  args = _inputs(8, 2048)
+  for name in ("ours", "ringattention 0.1.2"):
+    text = _fwd_bwd(IMPLEMENTATIONS[name], _mesh(8)).lower(*args).compile().as_text()
+    print(f"  {name:>20}: loops {hlo.ring_loops(text)}  collective-permutes in the program {hlo.total_op_count(text)}")
+  print("  (ours: two hops per loop iteration; per hop forward = K/V stacked + int32 segment ids/positions, "
+        "backward = those + the float32 dK/dV accumulator)")
+
+
 def blocks_per_device(n, length, layout, causal=True, block=BLOCK):
   """Blocks each device computes over the whole ring, by the kernel's own hop and block skip rules."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -227,7 +240,7 @@ def _maxtext_run(attention, length, out_dir):
 
 
 def maxtext_section(lengths, dot_max):
-  print("\n== 4. MaxText tiny model, 4 fake CPU devices, context parallelism 4, global batch 1, packing ==")
+  print("\n== 5. MaxText tiny model, 4 fake CPU devices, context parallelism 4, global batch 1, packing ==")
   with tempfile.TemporaryDirectory() as tmp:
     for length in lengths:
       rs, rl, rm = _maxtext_run("ring", length, Path(tmp))
@@ -243,7 +256,8 @@ def maxtext_section(lengths, dot_max):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--skip-maxtext", action="store_true")
+  parser.add_argument("--sections", default="memory,time,balance,hlo,maxtext",
+                      help="comma-separated subset of: memory, time, balance, hlo, maxtext")
   parser.add_argument("--maxtext-lengths", default="4096,8192,16384")
   parser.add_argument("--dot-product-max-length", type=int, default=8192,
                       help="longest S at which to run MaxText's dot_product (memory grows with S^2)")
@@ -254,11 +268,14 @@ def main(argv=None) -> int:
   sys.path.insert(0, str(REPO))
   print(f"ring attention CPU benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
         f"jax {_jax().__version__}, {len(_jax().devices())} fake devices, load average {os.getloadavg()[0]:.1f}")
-  memory_section()
-  time_section()
-  balance_section()
-  if not args.skip_maxtext:
-    maxtext_section([int(x) for x in args.maxtext_lengths.split(",")], args.dot_product_max_length)
+  sections = {
+      "memory": memory_section, "time": time_section, "balance": balance_section, "hlo": hlo_section,
+      "maxtext": lambda: maxtext_section([int(x) for x in args.maxtext_lengths.split(",")], args.dot_product_max_length),
+  }
+  for name in args.sections.split(","):
+    if name not in sections:
+      parser.error(f"unknown section {name!r}; expected some of {sorted(sections)}")
+    sections[name]()
   return 0
 
 
