@@ -63,8 +63,11 @@ def _size(mesh, axes) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
-def _ring_specs(op) -> tuple[P, P, P, str]:
-  """PartitionSpecs (q, kv, per-token) for the shard_map and the ring axis name, from the active rules."""
+def _ring_specs(op) -> tuple[P, P, str]:
+  """PartitionSpecs (q/k/v, per-token) for the shard_map and the ring axis name, from the active rules.
+
+  Query and kv heads shard over the same axes, so each device's query heads find their kv heads locally.
+  """
   mesh, cfg = op.mesh, op.config
   batch = op._logical_to_mesh_axes((BATCH_ATTN,))[0]  # pylint: disable=protected-access
   seq = [a for a in _axes(op._logical_to_mesh_axes((Q_LENGTH,))[0]) if mesh.shape[a] > 1]  # pylint: disable=protected-access
@@ -77,8 +80,7 @@ def _ring_specs(op) -> tuple[P, P, P, str]:
   if [a for a in heads if mesh.shape[a] > 1] != [a for a in kv_heads if mesh.shape[a] > 1]:
     raise ValueError(f"attention: ring needs query and kv heads sharded over the same mesh axes: "
                      f"activation_heads -> {heads}, activation_kv_heads -> {kv_heads}")
-  return (P(batch, ring_axis, heads or None, None), P(batch, ring_axis, heads or None, None), P(batch, ring_axis),
-          ring_axis)
+  return P(batch, ring_axis, heads or None, None), P(batch, ring_axis), ring_axis
 
 
 def _check_supported(op, args: dict[str, Any]) -> None:
@@ -114,8 +116,8 @@ def _check_supported(op, args: dict[str, Any]) -> None:
 def ring_attention_op(op, query, key, value, decoder_segment_ids, segment_positions):
   """The ring for one MaxText `AttentionOp` call in train mode: shard_map over the mesh, normalised output."""
   cfg = op.config
-  q_spec, kv_spec, tok_spec, axis = _ring_specs(op)
-  head_shards = _size(op.mesh, _axes(q_spec[2]))
+  qkv_spec, tok_spec, axis = _ring_specs(op)
+  head_shards = _size(op.mesh, _axes(qkv_spec[2]))
   if key.shape[2] % head_shards:
     raise ValueError(f"attention: ring with heads sharded {head_shards} ways needs num_kv_heads divisible by it: "
                      f"{key.shape=}")
@@ -124,7 +126,7 @@ def ring_attention_op(op, query, key, value, decoder_segment_ids, segment_positi
   kernel = functools.partial(ring_attention, axis_name=axis, causal=op.attention_type == AttentionType.GLOBAL,
                              scale=1.0, block_sizes=block_sizes, impl=cfg.lwm_ring_impl,
                              scan_unroll=cfg.lwm_ring_scan_unroll)
-  args, specs, names = [query, key, value], [q_spec, kv_spec, kv_spec], []
+  args, specs, names = [query, key, value], [qkv_spec] * 3, []
   for name, array in (("segment_ids", decoder_segment_ids), ("positions", segment_positions)):
     if array is not None:
       args.append(array)
@@ -134,7 +136,7 @@ def ring_attention_op(op, query, key, value, decoder_segment_ids, segment_positi
   def local(q, k, v, *token_arrays):
     return kernel(q, k, v, **dict(zip(names, token_arrays)))
 
-  return jax.shard_map(local, mesh=op.mesh, in_specs=tuple(specs), out_specs=q_spec, check_vma=False)(*args)
+  return jax.shard_map(local, mesh=op.mesh, in_specs=tuple(specs), out_specs=qkv_spec, check_vma=False)(*args)
 
 
 def apply_attention(original):
