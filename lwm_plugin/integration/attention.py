@@ -69,10 +69,10 @@ def _ring_specs(op) -> tuple[P, P, str]:
   Query and kv heads shard over the same axes, so each device's query heads find their kv heads locally.
   """
   mesh, cfg = op.mesh, op.config
-  batch = op._logical_to_mesh_axes((BATCH_ATTN,))[0]  # pylint: disable=protected-access
-  seq = [a for a in _axes(op._logical_to_mesh_axes((Q_LENGTH,))[0]) if mesh.shape[a] > 1]  # pylint: disable=protected-access
-  heads = _axes(op._logical_to_mesh_axes((HEAD,))[0])  # pylint: disable=protected-access
-  kv_heads = _axes(op._logical_to_mesh_axes((KV_HEAD,))[0])  # pylint: disable=protected-access
+  resolve = lambda name: op._logical_to_mesh_axes((name,))[0]  # pylint: disable=protected-access
+  batch = resolve(BATCH_ATTN)
+  seq = [a for a in _axes(resolve(Q_LENGTH)) if mesh.shape[a] > 1]
+  heads, kv_heads = _axes(resolve(HEAD)), _axes(resolve(KV_HEAD))
   ring_axis = cfg.context_sharding
   if seq and seq != [ring_axis]:
     raise ValueError(f"attention: ring shards the sequence over {ring_axis!r} only, but activation_q_length maps to "
@@ -100,7 +100,8 @@ def _check_supported(op, args: dict[str, Any]) -> None:
   if bad:
     raise ValueError(f"attention: ring does not support {', '.join(bad)}; use attention: dot_product for this model")
   if op.attention_type not in (AttentionType.GLOBAL, AttentionType.FULL):
-    raise ValueError(f"attention: ring supports attention_type global (causal) and full, not {op.attention_type.value!r}")
+    raise ValueError(f"attention: ring supports attention_type global (causal) and full, not "
+                     f"{op.attention_type.value!r}")
   query, key, value = args["query"], args["key"], args["value"]
   if not all(isinstance(x, jax.Array) for x in (query, key, value)):
     raise ValueError("attention: ring needs plain query/key/value arrays (no quantized KV tensors)")

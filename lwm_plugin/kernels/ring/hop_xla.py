@@ -164,7 +164,8 @@ def hop_bwd(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, do_BxLxHxD, lse_BxHxL, delta_BxHxL,
     return dq_buf, _put(dk_buf, _heads_major_kv(dk), j, bk), _put(dv_buf, _heads_major_kv(dv), j, bk)
 
   dq = common.pad_to(dq_BxLxHxD, bq).reshape(x.q.shape)  # accumulated in place
-  dq, dk, dv = jax.lax.fori_loop(0, x.nk, kv_block, (dq, jnp.zeros_like(x.k, jnp.float32), jnp.zeros_like(x.v, jnp.float32)))
+  zeros = jnp.zeros_like(x.k, jnp.float32)
+  dq, dk, dv = jax.lax.fori_loop(0, x.nk, kv_block, (dq, zeros, zeros))
   return dq.reshape(b, -1, h, d)[:, :lq], dk[:, :lk], dv[:, :lk]
 
 
