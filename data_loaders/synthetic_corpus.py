@@ -69,8 +69,14 @@ def needle_question(cities: Sequence[str]) -> str:
   return f"What are the special magic numbers for {names}?"
 
 
-def needle_answer(numbers: Sequence[str]) -> str:
-  return ", ".join(numbers)
+def needle_answer(needles: Sequence["Needle"]) -> str:
+  """The answer to a retrieval question: the asked needle sentences, repeated from the context.
+
+  Answering with the whole sentence (rather than the bare number) makes retrieval a copy of the
+  context after the matching "{city} number is:", which even a tiny model learns quickly; LWM's
+  scoring (the number appears in the answer) accepts both forms.
+  """
+  return " ".join(n.sentence for n in needles)
 
 
 def filler_sentences(rng: np.random.Generator, n: int) -> list[str]:
@@ -108,8 +114,16 @@ def plant(sentences: Sequence[str], needles: Iterable[Needle]) -> str:
 
 
 def text_document(rng: np.random.Generator, n_sentences: int, n_needles: int) -> dict[str, Any]:
-  """A plain text document (loss on every token) with planted needles."""
-  return {"fields": "text", "text": plant(filler_sentences(rng, n_sentences), random_needles(rng, n_needles))}
+  """A plain text document (loss on every token) with planted needles, each recalled near the end.
+
+  The recall repeats the fact after more filler, so plain language-model training on these
+  documents already rewards copying a fact from far back in the context (an induction task),
+  the skill retrieval needs.
+  """
+  needles = random_needles(rng, n_needles, depths=rng.uniform(0.0, 0.5, size=n_needles))
+  recalls = [f"Recall: {needles[i].sentence}" for i in rng.permutation(n_needles)]
+  body = plant(filler_sentences(rng, n_sentences), needles)
+  return {"fields": "text", "text": " ".join([body, *filler_sentences(rng, 2), *recalls])}
 
 
 def retrieval_chat(rng: np.random.Generator, n_sentences: int, n_needles: int, n_asked: int) -> dict[str, Any]:
@@ -119,7 +133,7 @@ def retrieval_chat(rng: np.random.Generator, n_sentences: int, n_needles: int, n
   document = plant(filler_sentences(rng, n_sentences), needles)
   question = needle_question([n.city for n in asked])
   return {"messages": [{"role": "user", "content": f"{document} {question}"},
-                       {"role": "assistant", "content": needle_answer([n.number for n in asked])}]}
+                       {"role": "assistant", "content": needle_answer(asked)}]}
 
 
 # ----------------------------------------------------------------------------------------------
