@@ -139,16 +139,23 @@ class LWMSettings(BaseModel):
 
   # Ring attention (`attention: ring`): see lwm_plugin/integration/attention.py.
   lwm_ring_block_q: int = Field(
-      512, gt=0, description="Ring attention: query block (tokens) inside one ring hop, forward pass.")
+      0, ge=0, description="Ring attention: query block (tokens) inside one ring hop, forward pass; 0 means the "
+      "hop implementation's default (XLA and Mosaic TPU 512, Triton GPU 128; Mosaic needs multiples of 128, Triton "
+      "powers of two).")
   lwm_ring_block_kv: int = Field(
-      512, gt=0, description="Ring attention: key/value block (tokens) inside one ring hop, forward pass.")
+      0, ge=0, description="Ring attention: key/value block (tokens) inside one ring hop, forward pass; 0 means the "
+      "hop implementation's default (XLA and Mosaic TPU 512, Triton GPU 64).")
   lwm_ring_block_q_bwd: int = Field(
-      0, ge=0, description="Ring attention: query block of the backward pass; 0 means lwm_ring_block_q.")
+      0, ge=0, description="Ring attention: query block of the backward pass; 0 means lwm_ring_block_q if set, "
+      "else the hop implementation's default.")
   lwm_ring_block_kv_bwd: int = Field(
-      0, ge=0, description="Ring attention: key/value block of the backward pass; 0 means lwm_ring_block_kv.")
-  lwm_ring_impl: Literal["auto", "xla", "pallas"] = Field(
-      "auto", description="Ring attention hop implementation: 'xla' (pure JAX, every backend), 'pallas' "
-      "(fused kernels), or 'auto' (the fastest available on this backend).")
+      0, ge=0, description="Ring attention: key/value block of the backward pass; 0 means lwm_ring_block_kv if set, "
+      "else the hop implementation's default.")
+  lwm_ring_impl: Literal["auto", "xla", "pallas", "pallas_tpu", "pallas_gpu"] = Field(
+      "auto", description="Ring attention hop implementation: 'auto' (Mosaic kernels on TPU, Triton kernels on GPU, "
+      "'xla' elsewhere; chosen when the program is compiled for its platform), 'xla' (pure JAX, every backend), "
+      "'pallas' (Mosaic on TPU, Triton on GPU, the Mosaic kernels interpreted on CPU), 'pallas_tpu' or "
+      "'pallas_gpu' (one kernel family, compiled on its hardware or interpreted on CPU).")
   lwm_ring_scan_unroll: int = Field(
       1, ge=1, description="Ring attention: unroll factor of the hop loop (each iteration holds two hops).")
 

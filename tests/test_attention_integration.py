@@ -147,7 +147,6 @@ def test_train_mode_refuses_unsupported_features():
     (["max_target_length=260"], r"max_target_length \(260\) divisible by 2 x context parallelism \(8\)"),
     (["attention_type=local_sliding", "sliding_window_size=64"], "supports attention_type global"),
     (["attn_logits_soft_cap=30.0"], "attn_logits_soft_cap"),
-    (["lwm_ring_impl=pallas"], r"lwm_ring_impl='pallas' is not in this build \(available: \['xla'\]"),
 ])
 def test_incompatible_settings_fail_with_the_key_to_change(overrides, message):
   from maxtext_configs import config_path  # pylint: disable=import-outside-toplevel
@@ -163,3 +162,6 @@ def test_ring_settings_are_validated():
     integration.resolve_config(["test", str(config_path("tiny_cpu_ring.yml")), "lwm_ring_impl=cuda"])
   cfg = integration.resolve_config(["test", str(config_path("tiny_cpu_ring.yml"))])
   assert (cfg.attention, cfg.lwm_ring_block_q, cfg.ici_context_parallelism) == ("ring", 32, 4)
+  cfg = integration.resolve_config(["test", str(config_path("tiny_cpu_ring.yml")), "lwm_ring_impl=pallas",
+                                    "lwm_ring_block_kv=0"])
+  assert (cfg.lwm_ring_impl, cfg.lwm_ring_block_kv) == ("pallas", 0)  # 0: the hop implementation's default

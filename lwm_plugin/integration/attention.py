@@ -16,8 +16,9 @@ is exact in that layout and balanced. MaxText's reorder moves a fixed key set on
 `cp_reorder` patch moves the LWM per-token keys with the tokens.
 
 Kernel arguments: MaxText's query is already scaled by 1/sqrt(head_dim) (folded into the query
-projection), so the ring gets `scale=1.0`. Block sizes, hop implementation and scan unroll come
-from the `lwm_ring_*` settings.
+projection), so the ring gets `scale=1.0`. Block sizes (0: the hop implementation's default), hop
+implementation and scan unroll come from the `lwm_ring_*` settings; `lwm_ring_impl: auto` runs the
+Pallas kernels on TPU and GPU, and the pure-JAX hop on CPU.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def ring_attention_op(op, query, key, value, decoder_segment_ids, segment_positi
   if key.shape[2] % head_shards:
     raise ValueError(f"attention: ring with heads sharded {head_shards} ways needs num_kv_heads divisible by it: "
                      f"{key.shape=}")
-  block_sizes = BlockSizes(block_q=cfg.lwm_ring_block_q, block_kv=cfg.lwm_ring_block_kv,
+  block_sizes = BlockSizes(block_q=cfg.lwm_ring_block_q or None, block_kv=cfg.lwm_ring_block_kv or None,
                            block_q_bwd=cfg.lwm_ring_block_q_bwd or None, block_kv_bwd=cfg.lwm_ring_block_kv_bwd or None)
   kernel = functools.partial(ring_attention, axis_name=axis, causal=op.attention_type == AttentionType.GLOBAL,
                              scale=1.0, block_sizes=block_sizes, impl=cfg.lwm_ring_impl,

@@ -28,14 +28,17 @@ _BIG = jnp.iinfo(jnp.int32).max
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-  """Query and key block sizes (tokens) inside one hop. Backward sizes default to the forward ones.
+  """Query and key block sizes (tokens) inside one hop; None means the hop implementation's default.
 
-  A block larger than the local length is clipped to it; a local length that is not a multiple of
-  the block is padded internally with masked tokens, so any length works.
+  Backward sizes default to the forward ones when those are given, else to the implementation's
+  backward defaults. A block larger than the local length is clipped to it; a local length that is
+  not a multiple of the block is padded internally with masked tokens, so any length works.
+  Compiled Pallas kernels add hardware constraints (checked eagerly on that backend): Mosaic TPU
+  blocks are multiples of 128 tokens, Triton GPU blocks powers of two of at least 16.
   """
 
-  block_q: int = 512
-  block_kv: int = 512
+  block_q: int | None = None
+  block_kv: int | None = None
   block_q_bwd: int | None = None
   block_kv_bwd: int | None = None
 
@@ -43,10 +46,25 @@ class BlockSizes:
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
       if value is not None and (not isinstance(value, int) or value <= 0):
-        raise ValueError(f"BlockSizes.{field.name} must be a positive int, got {value!r}")
+        raise ValueError(f"BlockSizes.{field.name} must be a positive int or None, got {value!r}")
+
+  def resolve(self, default_fwd: tuple[int, int], default_bwd: tuple[int, int]) -> "BlockSizes":
+    """All four sizes set: explicit values, else (backward) the explicit forward ones, else the defaults."""
+    block_q = self.block_q or default_fwd[0]
+    block_kv = self.block_kv or default_fwd[1]
+    return BlockSizes(block_q, block_kv, self.block_q_bwd or self.block_q or default_bwd[0],
+                      self.block_kv_bwd or self.block_kv or default_bwd[1])
+
+  @property
+  def fwd(self) -> tuple[int, int]:
+    if self.block_q is None or self.block_kv is None:
+      raise ValueError(f"unresolved block sizes {self}: call resolve() first")
+    return self.block_q, self.block_kv
 
   @property
   def bwd(self) -> tuple[int, int]:
+    if self.block_q is None or self.block_kv is None:
+      raise ValueError(f"unresolved block sizes {self}: call resolve() first")
     return (self.block_q_bwd or self.block_q, self.block_kv_bwd or self.block_kv)
 
 
@@ -81,12 +99,40 @@ def summarize(seg_BxL, pos_BxL, block: int) -> Summary:
   return Summary(lo(seg), hi(seg), lo(pos), hi(pos))
 
 
+def summaries_overlap(q_seg_min, q_seg_max, q_pos_max, kv_seg_min, kv_seg_max, kv_pos_min, causal: bool):
+  """The mask rule lifted to block summaries: may any pair be unmasked? Works on scalars and arrays.
+
+  Pallas kernels evaluate it on scalars per tile (skip decision), the wrappers on whole tables.
+  """
+  overlap = (q_seg_min <= kv_seg_max) & (kv_seg_min <= q_seg_max)
+  if causal:
+    overlap = overlap & (kv_pos_min <= q_pos_max)
+  return overlap
+
+
+def block_visibility(q: Summary, kv: Summary, causal: bool):
+  """bool [B, nq, nk]: may any (query block i, key block j) pair of batch row b be unmasked?"""
+  return summaries_overlap(q.seg_min[:, :, None], q.seg_max[:, :, None], q.pos_max[:, :, None],
+                           kv.seg_min[:, None, :], kv.seg_max[:, None, :], kv.pos_min[:, None, :], causal)
+
+
 def visible(q: Summary, kv: Summary, causal: bool):
   """bool [nq, nk]: may any (query block i, key block j) pair be unmasked in any batch row?"""
-  overlap = (q.seg_min[:, :, None] <= kv.seg_max[:, None, :]) & (kv.seg_min[:, None, :] <= q.seg_max[:, :, None])
-  if causal:
-    overlap &= kv.pos_min[:, None, :] <= q.pos_max[:, :, None]
-  return overlap.any(axis=0)
+  return block_visibility(q, kv, causal).any(axis=0)
+
+
+def visible_range(vis_Bxnxm):
+  """int32 [B, n] first and last index j with vis[b, i, j] (both 0 where none is visible).
+
+  Kernels clamp their K/V (or Q) block index into this range, so the blocks before the first and
+  after the last visible one re-use a block already in memory instead of fetching a new one.
+  """
+  m = vis_Bxnxm.shape[-1]
+  index = jnp.arange(m, dtype=jnp.int32)
+  first = jnp.where(vis_Bxnxm, index, m).min(axis=-1)
+  last = jnp.where(vis_Bxnxm, index, -1).max(axis=-1)
+  none = last < 0
+  return jnp.where(none, 0, first).astype(jnp.int32), jnp.where(none, 0, last).astype(jnp.int32)
 
 
 def pad_to(x, multiple: int, axis: int = 1):

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 from lwm_plugin.kernels.ring import common
 from lwm_plugin.kernels.ring.common import BlockSizes
 
+DEFAULT_BLOCKS = (512, 512)  # forward and backward (query, key) blocks when BlockSizes leaves them None
+
 
 def _slice(x, i, block: int, axis: int = 1):
   return jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=axis)
@@ -69,7 +71,8 @@ def hop_fwd(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, q_seg_BxL, kv_seg_BxL, q_pos_BxL, k
             causal: bool, block_sizes: BlockSizes):
   """See `common.HopFwd`."""
   b, lq, h, d = q_BxLxHxD.shape
-  bq, bk = min(block_sizes.block_q, lq), min(block_sizes.block_kv, k_BxLxKxD.shape[1])
+  block_q, block_kv = block_sizes.resolve(DEFAULT_BLOCKS, DEFAULT_BLOCKS).fwd
+  bq, bk = min(block_q, lq), min(block_kv, k_BxLxKxD.shape[1])
   x = _Padded(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, q_seg_BxL, kv_seg_BxL, q_pos_BxL, kv_pos_BxL, bq, bk, causal)
   kh, g = x.kh, x.g
   precision = common.dot_precision(q_BxLxHxD.dtype)
@@ -115,7 +118,7 @@ def hop_bwd(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, do_BxLxHxD, lse_BxHxL, delta_BxHxL,
   """See `common.HopBwd`."""
   b, lq, h, d = q_BxLxHxD.shape
   lk = k_BxLxKxD.shape[1]
-  block_q, block_kv = block_sizes.bwd
+  block_q, block_kv = block_sizes.resolve(DEFAULT_BLOCKS, DEFAULT_BLOCKS).bwd
   bq, bk = min(block_q, lq), min(block_kv, lk)
   x = _Padded(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, q_seg_BxL, kv_seg_BxL, q_pos_BxL, kv_pos_BxL, bq, bk, causal)
   kh, g = x.kh, x.g

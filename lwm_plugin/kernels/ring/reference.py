@@ -37,3 +37,31 @@ def reference_attention(q_BxSxHxD, k_BxSxKxD, v_BxSxKxD, *, segment_ids=None, po
   probs = weights / jnp.where(total > 0, total, 1.0)
   out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision=jax.lax.Precision.HIGHEST)
   return out.astype(q_BxSxHxD.dtype)
+
+
+def hop_reference(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, q_seg_BxL, kv_seg_BxL, q_pos_BxL, kv_pos_BxL, *, scale: float,
+                  causal: bool):
+  """One hop, densely: (o [B, Lq, H, D] float32 normalised within the hop, lse [B, H, Lq] natural log).
+
+  The reference for the hop kernels (`common.HopFwd`); differentiable, so `jax.vjp` of its output
+  is the reference for a single-hop backward. Rows that see no key: o = 0, lse = -inf.
+  """
+  h, kh = q_BxLxHxD.shape[2], k_BxLxKxD.shape[2]
+  q = q_BxLxHxD.astype(jnp.float32)
+  k = jnp.repeat(k_BxLxKxD.astype(jnp.float32), h // kh, axis=2)
+  v = jnp.repeat(v_BxLxKxD.astype(jnp.float32), h // kh, axis=2)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=jax.lax.Precision.HIGHEST) * scale
+  allowed = (q_seg_BxL[:, :, None] == kv_seg_BxL[:, None, :]) & (kv_seg_BxL[:, None, :] != 0)
+  if causal:
+    allowed = allowed & (kv_pos_BxL[:, None, :] <= q_pos_BxL[:, :, None])
+  allowed = allowed[:, None]
+  logits = jnp.where(allowed, logits, -jnp.inf)
+  row_max = jnp.max(logits, axis=-1, keepdims=True)
+  row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+  weights = jnp.where(allowed, jnp.exp(logits - row_max), 0.0)
+  total = weights.sum(axis=-1, keepdims=True)
+  seen = total > 0
+  probs = weights / jnp.where(seen, total, 1.0)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision=jax.lax.Precision.HIGHEST)
+  lse = jnp.where(seen, row_max + jnp.log(jnp.where(seen, total, 1.0)), -jnp.inf)[..., 0]
+  return out, lse

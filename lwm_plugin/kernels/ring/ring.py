@@ -22,8 +22,10 @@ shard the hop before), so that transfer overlaps this hop's compute; after the l
 permute brings every accumulator home, summed over all N devices. Cotangents are cast to the
 input dtypes.
 
-Hop implementations are looked up by name (`HOP_IMPLS`, `register_hop_impl`); "auto" is "xla" until
-the Pallas hops are registered.
+Hop implementations are looked up by name (`HOP_IMPLS`, `register_hop_impl`): "xla" (`hop_xla`), and
+the Pallas kernels "pallas", "pallas_tpu", "pallas_gpu" (`hop_pallas`). "auto" takes the Mosaic
+kernels on TPU, the Triton kernels on GPU and "xla" elsewhere, decided when the program is lowered
+for its platform (`jax.lax.platform_dependent`), never at import.
 """
 
 from __future__ import annotations
@@ -35,12 +37,11 @@ from typing import Hashable
 import jax
 import jax.numpy as jnp
 
-from lwm_plugin.kernels.ring import common, hop_xla
+from lwm_plugin.kernels.ring import common, hop_pallas, hop_xla
 from lwm_plugin.kernels.ring.common import BlockSizes, HopImpl
 
-IMPLS = ("auto", "xla", "pallas")
-HOP_IMPLS: dict[str, HopImpl] = {"xla": hop_xla.HOP}
-_NOT_YET = {"pallas": "the Pallas hop kernels are not part of this build yet; use impl='xla' (or 'auto')"}
+IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu")
+HOP_IMPLS: dict[str, HopImpl] = {"xla": hop_xla.HOP, **{hop.name: hop for hop in hop_pallas.HOPS}}
 
 
 def register_hop_impl(impl: HopImpl) -> None:
@@ -52,12 +53,10 @@ def register_hop_impl(impl: HopImpl) -> None:
 
 def resolve_impl(impl: str) -> HopImpl:
   """The hop implementation for `impl`; raises if it is unknown or cannot run on this backend."""
-  if impl not in IMPLS and impl not in HOP_IMPLS:
-    raise ValueError(f"impl={impl!r}: expected one of {sorted(set(IMPLS) | set(HOP_IMPLS))}")
   if impl == "auto":
-    impl = "xla"
+    return hop_pallas.AUTO
   if impl not in HOP_IMPLS:
-    raise NotImplementedError(f"ring attention impl={impl!r}: {_NOT_YET[impl]}")
+    raise ValueError(f"impl={impl!r}: expected one of {sorted(set(IMPLS) | set(HOP_IMPLS))}")
   found = HOP_IMPLS[impl]
   why_not = found.available()
   if why_not:
