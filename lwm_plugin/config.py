@@ -3,6 +3,7 @@
 MaxText rejects unknown keys, but its message lists every valid key (hundreds) and does not say
 which file the bad key came from. `check_keys` runs first and names the YAML file and line (or
 the command-line argument) and the closest valid keys. MaxText's own check still runs after it.
+`LWMConfig` also refuses `attention: ring` combinations that cannot work, naming the key to change.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import difflib
 import os
 from typing import Any, Iterable
 
-import pydantic
 from maxtext.configs import types
 from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
+from pydantic import model_validator
 
 from lwm_plugin.config_files import ConfigError, config_chain
+from lwm_plugin.kernels.ring import ring as ring_kernels
 from lwm_plugin.settings import LWMSettings
 
 
@@ -27,7 +29,7 @@ LWM_FILES_MARKER = "<lwm_data_sources>"
 class LWMConfig(types.MaxTextConfig, LWMSettings):
   """MaxText's config class extended with the LWM settings; pass as `config_class=`."""
 
-  @pydantic.model_validator(mode="before")
+  @model_validator(mode="before")
   @classmethod
   def _lwm_sources_stand_for_grain_files(cls, data: Any) -> Any:
     if not isinstance(data, dict):
@@ -42,12 +44,47 @@ class LWMConfig(types.MaxTextConfig, LWMSettings):
                        "pipeline has no loss weights); or set eval_interval: -1")
     return data
 
-  @pydantic.model_validator(mode="after")
+  @model_validator(mode="after")
   def _lwm_sources_need_grain(self) -> "LWMConfig":
     if (self.lwm_data_sources or self.lwm_eval_data_sources) and self.dataset_type != "grain":
       dataset_type = getattr(self.dataset_type, "value", self.dataset_type)
       raise ValueError(f"lwm_data_sources / lwm_eval_data_sources are set but dataset_type={dataset_type!r}: "
                        "MaxText would train on other data; set dataset_type: grain to use the LWM loader")
+    return self
+
+  @model_validator(mode="before")
+  @classmethod
+  def _check_ring_strategy(cls, data: Any) -> Any:
+    """Before MaxText's checks, whose message for this mistake would point to its own TPU/GPU ring."""
+    if isinstance(data, dict) and data.get("attention") == "ring":
+      strategy = data.get("context_parallel_strategy", "all_gather")
+      if strategy != "all_gather":
+        raise ValueError(f"attention: ring is the LWM ring over the context axis; leave context_parallel_strategy at "
+                         f"'all_gather' (got {strategy!r}, which selects MaxText's own kernels)")
+    return data
+
+  @model_validator(mode="after")
+  def _check_ring_attention(self) -> "LWMConfig":
+    """`attention: ring` combinations that cannot work, refused with the key to change."""
+    if self.attention != "ring":
+      return self
+    if self.ici_context_usp_ulysses_parallelism != 1 or self.dcn_context_usp_ulysses_parallelism != 1:
+      raise ValueError("attention: ring does not combine with Ulysses parallelism (*_context_usp_ulysses_parallelism)")
+    if self.attention_type not in ("global", "full"):
+      raise ValueError(f"attention: ring supports attention_type global (causal) or full, not {self.attention_type!r}")
+    if self.attn_logits_soft_cap:
+      raise ValueError("attention: ring does not implement attn_logits_soft_cap")
+    if self.lwm_ring_impl != "auto" and self.lwm_ring_impl not in ring_kernels.HOP_IMPLS:
+      raise ValueError(f"lwm_ring_impl={self.lwm_ring_impl!r} is not in this build (available: "
+                       f"{sorted(ring_kernels.HOP_IMPLS)} or 'auto')")
+    cp = self.ici_context_parallelism * self.dcn_context_parallelism
+    if self.context_parallel_load_balance and cp > 1:  # -1 (fill the mesh) is checked by MaxText's reorder
+      if cp % 2:
+        raise ValueError(f"attention: ring with context_parallel_load_balance needs an even context parallelism, got "
+                         f"{cp}; set context_parallel_load_balance=false")
+      if self.max_target_length % (2 * cp):
+        raise ValueError(f"attention: ring with context_parallel_load_balance needs max_target_length "
+                         f"({self.max_target_length}) divisible by 2 x context parallelism ({2 * cp})")
     return self
 
 

@@ -137,6 +137,21 @@ class LWMSettings(BaseModel):
       "size, as MaxText.",
   )
 
+  # Ring attention (`attention: ring`): see lwm_plugin/integration/attention.py.
+  lwm_ring_block_q: int = Field(
+      512, gt=0, description="Ring attention: query block (tokens) inside one ring hop, forward pass.")
+  lwm_ring_block_kv: int = Field(
+      512, gt=0, description="Ring attention: key/value block (tokens) inside one ring hop, forward pass.")
+  lwm_ring_block_q_bwd: int = Field(
+      0, ge=0, description="Ring attention: query block of the backward pass; 0 means lwm_ring_block_q.")
+  lwm_ring_block_kv_bwd: int = Field(
+      0, ge=0, description="Ring attention: key/value block of the backward pass; 0 means lwm_ring_block_kv.")
+  lwm_ring_impl: Literal["auto", "xla", "pallas"] = Field(
+      "auto", description="Ring attention hop implementation: 'xla' (pure JAX, every backend), 'pallas' "
+      "(fused kernels), or 'auto' (the fastest available on this backend).")
+  lwm_ring_scan_unroll: int = Field(
+      1, ge=1, description="Ring attention: unroll factor of the hop loop (each iteration holds two hops).")
+
   # The paper's training stages (maxtext_configs/lwm_*.yml, docs/stages.md).
   lwm_data_dir: str = Field(
       "",

@@ -48,6 +48,7 @@ def test_the_check_sees_imports():
 
 def test_maxtext_free_packages_import_without_maxtext():
   code = ("import sys, data_loaders, lwm_plugin, lwm_plugin.settings, lwm_plugin.config_files, maxtext_configs\n"
+          "import lwm_plugin.ring_attention, lwm_plugin.kernels.ring.hlo, lwm_plugin.kernels.ring.layouts\n"
           "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'maxtext')\n"
           "assert not bad, bad\n")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)

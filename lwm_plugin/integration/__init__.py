@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lwm_plugin.integration import aot, config_hook, cp_reorder, data, loss
+from lwm_plugin.integration import aot, attention, config_hook, cp_reorder, data, loss
 from lwm_plugin.integration.core import Patch, Seam, SeamError
 
 # ---------------------------------------------------------------------------------------------
@@ -85,12 +85,23 @@ PATCH_TABLE: tuple[Patch, ...] = (
                "step compiles twice",
         remove_when="MaxText derives the shaped batch from the data iterator",
     ),
+    # Ring attention (issue 3): lwm_plugin/integration/attention.py.
+    Patch(
+        target="maxtext.layers.attention_op:AttentionOp.apply_attention",
+        params=("self", "query", "key", "value", "decoder_segment_ids", "segment_positions", "lengths", "model_mode",
+                "use_ragged_attention", "previous_chunk", "bidirectional_mask", "sinks", "indexer_mask",
+                "compressed_mask", "record_max_logits", "decoder_segment_ids_kv", "pad_kv_total", "compress_ratio",
+                "qk_product_einsum", "wv_product_einsum"),
+        make=attention.apply_attention,
+        reason="`attention: ring` runs the LWM ring attention (MaxText dispatches kernels by if/elif on the name)",
+        remove_when="MaxText has an attention-kernel registry",
+    ),
     Patch(
         target="maxtext.utils.max_utils:reorder_causal_load_balanced",
         params=("batch", "cp_size", "reorder_strategy", "hardware"),
         make=cp_reorder.reorder_causal_load_balanced,
         reason="context-parallel load balancing reorders a fixed key set; the LWM per-token keys (loss weights, "
-               "vision mask) must move with the tokens (duplicate of the ring branch's row: keep one)",
+               "vision mask) must move with the tokens",
         remove_when="MaxText reorders every per-token batch key (or takes the key set from the config)",
     ),
 )

@@ -7,17 +7,14 @@ the same permutation, or each token would get another token's weight. The wrappe
 through MaxText's own function, under a key it knows, so the permutation is identical by
 construction; a batch carrying any other per-token key MaxText would leave behind is an error.
 The loss is a sum over tokens, so it is unchanged by the permutation.
-
-Note for the integrator: the ring-attention branch carries the same wrapper
-(`lwm_plugin.integration.attention.reorder_causal_load_balanced`, same keys, same refusal of
-unknown per-token keys). Keep one of the two rows in `PATCH_TABLE`.
 """
 
 from __future__ import annotations
 
 import functools
 
-# Keys MaxText 0.2.5's reorder moves itself (its local `_reorder_keys`).
+# Keys MaxText 0.2.5's reorder moves itself (its local `_reorder_keys`; a test checks this set
+# against the function's behaviour).
 MAXTEXT_REORDERED_KEYS = frozenset({"inputs", "targets", "inputs_position", "targets_position", "inputs_segmentation",
                                     "targets_segmentation", "corruption_mask", "targets_loss_mask"})
 # Per-token keys of the LWM loader; a loader that adds one must list it here.

@@ -1,0 +1,1 @@
+"""Evaluations (needle in a haystack) over models trained with the plugin."""

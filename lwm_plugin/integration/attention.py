@@ -1,0 +1,162 @@
+"""`attention: ring` inside MaxText: the adapter from a MaxText attention layer to the ring kernel.
+
+Selection: `attention: ring` (MaxText accepts any string there) with MaxText's
+`context_parallel_strategy` left at its default `all_gather` (MaxText rejects its own `ring`
+strategy on CPU); the ring runs over the mesh axis `context_sharding` ("context") and composes with
+data/fsdp parallelism (batch axes) and tensor parallelism over heads (each device keeps its local
+query heads and the kv heads they share, so num_kv_heads must divide by the head-sharding size).
+
+Modes: train mode runs the ring. Prefill and autoregressive decode use MaxText's dot-product path
+(correct, logged once per mode); the ring kernel has no KV cache.
+
+Load balancing: MaxText's own. With `context_parallel_load_balance: true` (the default) MaxText
+reorders each global batch once, at data loading, into its DUAL_CHUNK_SWAP layout
+(`max_utils.reorder_causal_load_balanced`); the ring takes causality from `inputs_position`, so it
+is exact in that layout and balanced. MaxText's reorder moves a fixed key set only; the seam's
+`cp_reorder` patch moves the LWM per-token keys with the tokens.
+
+Kernel arguments: MaxText's query is already scaled by 1/sqrt(head_dim) (folded into the query
+projection), so the ring gets `scale=1.0`. Block sizes, hop implementation and scan unroll come
+from the `lwm_ring_*` settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+from typing import Any
+
+import jax
+from jax.sharding import PartitionSpec as P
+from maxtext.common.common_types import (BATCH_ATTN, HEAD, KV_HEAD, MODEL_MODE_AUTOREGRESSIVE, MODEL_MODE_TRAIN,
+                                         Q_LENGTH, AttentionType)
+
+from lwm_plugin.kernels.ring.common import BlockSizes
+from lwm_plugin.kernels.ring.ring import ring_attention
+
+logger = logging.getLogger("lwm_plugin.integration")
+
+RING = "ring"
+
+_fallback_logged: set[str] = set()
+
+
+def _axes(spec_entry) -> tuple[str, ...]:
+  if spec_entry is None:
+    return ()
+  return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry)
+
+
+def _size(mesh, axes) -> int:
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def _ring_specs(op) -> tuple[P, P, str]:
+  """PartitionSpecs (q/k/v, per-token) for the shard_map and the ring axis name, from the active rules.
+
+  Query and kv heads shard over the same axes, so each device's query heads find their kv heads locally.
+  """
+  mesh, cfg = op.mesh, op.config
+  resolve = lambda name: op._logical_to_mesh_axes((name,))[0]  # pylint: disable=protected-access
+  batch = resolve(BATCH_ATTN)
+  seq = [a for a in _axes(resolve(Q_LENGTH)) if mesh.shape[a] > 1]
+  heads, kv_heads = _axes(resolve(HEAD)), _axes(resolve(KV_HEAD))
+  ring_axis = cfg.context_sharding
+  if seq and seq != [ring_axis]:
+    raise ValueError(f"attention: ring shards the sequence over {ring_axis!r} only, but activation_q_length maps to "
+                     f"{seq} (sizes {[mesh.shape[a] for a in seq]}); set the other axes to 1")
+  if [a for a in heads if mesh.shape[a] > 1] != [a for a in kv_heads if mesh.shape[a] > 1]:
+    raise ValueError(f"attention: ring needs query and kv heads sharded over the same mesh axes: "
+                     f"activation_heads -> {heads}, activation_kv_heads -> {kv_heads}")
+  return P(batch, ring_axis, heads or None, None), P(batch, ring_axis), ring_axis
+
+
+def _check_supported(op, args: dict[str, Any]) -> None:
+  """Raises for every MaxText attention feature the ring does not implement."""
+  unsupported = {
+      "bidirectional_mask": args["bidirectional_mask"] is not None,
+      "sinks": args["sinks"] is not None,
+      "indexer_mask": args["indexer_mask"] is not None,
+      "compressed_mask": args["compressed_mask"] is not None,
+      "record_max_logits": bool(args["record_max_logits"]),
+      "decoder_segment_ids_kv": args["decoder_segment_ids_kv"] is not None,
+      "previous_chunk": args["previous_chunk"] is not None,
+      "use_ragged_attention": bool(args["use_ragged_attention"]),
+      "attn_logits_soft_cap": bool(op.attn_logits_soft_cap),
+  }
+  bad = [name for name, used in unsupported.items() if used]
+  if bad:
+    raise ValueError(f"attention: ring does not support {', '.join(bad)}; use attention: dot_product for this model")
+  if op.attention_type not in (AttentionType.GLOBAL, AttentionType.FULL):
+    raise ValueError(f"attention: ring supports attention_type global (causal) and full, not "
+                     f"{op.attention_type.value!r}")
+  query, key, value = args["query"], args["key"], args["value"]
+  if not all(isinstance(x, jax.Array) for x in (query, key, value)):
+    raise ValueError("attention: ring needs plain query/key/value arrays (no quantized KV tensors)")
+  if query.shape[-1] != value.shape[-1]:
+    raise ValueError(f"attention: ring needs equal q/k/v head dims: {query.shape=}, {value.shape=}")
+  positions = args["segment_positions"]
+  if positions is not None and positions.ndim != 2:
+    raise ValueError(f"attention: ring needs [batch, seq] positions (no M-RoPE), got {positions.shape=}")
+  if positions is None and op._load_balanced_context_parallel():  # pylint: disable=protected-access
+    raise ValueError("attention: ring with a load-balanced batch needs inputs_position (causality comes from it)")
+
+
+def ring_attention_op(op, query, key, value, decoder_segment_ids, segment_positions):
+  """The ring for one MaxText `AttentionOp` call in train mode: shard_map over the mesh, normalised output."""
+  cfg = op.config
+  qkv_spec, tok_spec, axis = _ring_specs(op)
+  head_shards = _size(op.mesh, _axes(qkv_spec[2]))
+  if key.shape[2] % head_shards:
+    raise ValueError(f"attention: ring with heads sharded {head_shards} ways needs num_kv_heads divisible by it: "
+                     f"{key.shape=}")
+  block_sizes = BlockSizes(block_q=cfg.lwm_ring_block_q, block_kv=cfg.lwm_ring_block_kv,
+                           block_q_bwd=cfg.lwm_ring_block_q_bwd or None, block_kv_bwd=cfg.lwm_ring_block_kv_bwd or None)
+  kernel = functools.partial(ring_attention, axis_name=axis, causal=op.attention_type == AttentionType.GLOBAL,
+                             scale=1.0, block_sizes=block_sizes, impl=cfg.lwm_ring_impl,
+                             scan_unroll=cfg.lwm_ring_scan_unroll)
+  args, specs, names = [query, key, value], [qkv_spec] * 3, []
+  for name, array in (("segment_ids", decoder_segment_ids), ("positions", segment_positions)):
+    if array is not None:
+      args.append(array)
+      specs.append(tok_spec)
+      names.append(name)
+
+  def local(q, k, v, *token_arrays):
+    return kernel(q, k, v, **dict(zip(names, token_arrays)))
+
+  return jax.shard_map(local, mesh=op.mesh, in_specs=tuple(specs), out_specs=qkv_spec, check_vma=False)(*args)
+
+
+def apply_attention(original):
+  """`AttentionOp.apply_attention` that handles `attention: ring` and delegates every other kernel."""
+  signature = inspect.signature(original)
+
+  @functools.wraps(original)
+  def wrapper(self, *args, **kwargs):
+    if self.attention_kernel != RING:
+      return original(self, *args, **kwargs)
+    bound = signature.bind(self, *args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    mode = a["model_mode"]
+    if mode == MODEL_MODE_TRAIN:
+      _check_supported(self, a)
+      self.check_attention_inputs(a["query"], a["key"], a["value"])
+      out = ring_attention_op(self, a["query"], a["key"], a["value"], a["decoder_segment_ids"], a["segment_positions"])
+      return out, None, None
+    if mode not in _fallback_logged:
+      _fallback_logged.add(mode)
+      logger.warning("attention: ring has no KV cache; %s mode uses MaxText's dot_product attention", mode)
+    if a["use_ragged_attention"] and mode == MODEL_MODE_AUTOREGRESSIVE:
+      return original(*bound.args, **bound.kwargs)  # MaxText's ragged decode does not depend on the kernel name
+    return self.apply_attention_dot(
+        a["query"], a["key"], a["value"], a["decoder_segment_ids"], mode, a["previous_chunk"],
+        segment_positions=a["segment_positions"], bidirectional_mask=a["bidirectional_mask"], sinks=a["sinks"],
+        indexer_mask=a["indexer_mask"], compressed_mask=a["compressed_mask"], record_max_logits=a["record_max_logits"],
+        decoder_segment_ids_kv=a["decoder_segment_ids_kv"], qk_product_einsum=a["qk_product_einsum"],
+        wv_product_einsum=a["wv_product_einsum"])
+
+  return wrapper

@@ -1,0 +1,1 @@
+"""Kernel packages: arrays and mesh axis names in, arrays out; no MaxText, no config objects."""

@@ -1,0 +1,165 @@
+"""`attention: ring` inside MaxText (`lwm_plugin/integration/attention.py`): training equivalence with
+MaxText's dot-product attention, the load-balance reorder of per-token keys, the prefill/decode
+fallback and the config errors."""
+
+from __future__ import annotations
+
+import logging
+import types
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import read_metrics, run_lwm_train
+from lwm_plugin import integration
+from lwm_plugin.integration import attention, cp_reorder
+
+STEPS = 5
+
+
+def _losses(tmp_path, name, args, devices):
+  metrics = tmp_path / f"{name}.jsonl"
+  proc = run_lwm_train(["tiny_cpu_ring.yml", f"steps={STEPS}", f"base_output_directory={tmp_path}", f"run_name={name}",
+                        f"metrics_file={metrics}", *args], devices=devices)
+  assert proc.returncode == 0, proc.stderr[-6000:]
+  return [row["learning/loss"] for row in read_metrics(metrics)]
+
+
+def test_synthetic_packing_crosses_shard_boundaries():
+  """What the training tests below feed: MaxText's synthetic packed segments, then its reorder."""
+  from maxtext.input_pipeline import synthetic_data_processing as synth  # pylint: disable=import-outside-toplevel
+
+  seg = np.asarray(synth._make_packed_segment_ids(16, 256, 8))  # pylint: disable=protected-access
+  shards = seg.reshape(16, 4, 64)
+  crossing = (shards[:, :-1, -1] == shards[:, 1:, 0]).sum()
+  assert seg.max(axis=1).min() >= 2 and crossing > 0, (seg.max(axis=1), crossing)
+
+
+@pytest.mark.slow
+def test_ring_matches_dot_product_on_4_devices_with_packing(tmp_path):
+  """tiny_cpu_ring.yml: context parallelism 4, packing (synthetic segments), MaxText's dual-chunk reorder."""
+  ring = _losses(tmp_path, "ring", [], devices=4)
+  dot = _losses(tmp_path, "dot", ["attention=dot_product"], devices=4)
+  assert len(ring) == STEPS
+  np.testing.assert_allclose(ring, dot, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_ring_composes_with_data_fsdp_and_tensor_parallelism(tmp_path):
+  """16 devices: context 2 x data 2 x fsdp 2 x tensor 2 (query heads 4, kv heads 2: one kv head per shard)."""
+  mesh = ["ici_context_parallelism=2", "ici_data_parallelism=2", "ici_fsdp_parallelism=2", "ici_tensor_parallelism=2",
+          "per_device_batch_size=1"]
+  ring = _losses(tmp_path, "ring", mesh, devices=16)
+  dot = _losses(tmp_path, "dot", [*mesh, "attention=dot_product"], devices=16)
+  np.testing.assert_allclose(ring, dot, rtol=1e-5)
+
+
+def _batch(seq=32):
+  tokens = jnp.arange(2 * seq, dtype=jnp.int32).reshape(2, seq)
+  return {"inputs": tokens, "targets": tokens + 1, "inputs_position": tokens % seq, "inputs_segmentation": tokens * 0 + 1,
+          "targets_weights": tokens.astype(jnp.float32) * 0.5, "targets_vision_mask": tokens % 3 == 0}
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_reorder_moves_lwm_per_token_keys_with_the_tokens(cp):
+  from maxtext.common.common_types import ReorderStrategy  # pylint: disable=import-outside-toplevel
+  from maxtext.utils import max_utils  # pylint: disable=import-outside-toplevel
+
+  batch = _batch()
+  with integration.installed():
+    out = max_utils.reorder_causal_load_balanced(batch, cp, ReorderStrategy.DUAL_CHUNK_SWAP, "cpu")
+  assert not np.array_equal(out["inputs"], batch["inputs"])  # it did move
+  np.testing.assert_array_equal(out["targets_weights"], out["inputs"].astype(jnp.float32) * 0.5)
+  np.testing.assert_array_equal(out["targets_vision_mask"], out["inputs"] % 3 == 0)
+  np.testing.assert_array_equal(out["targets"], out["inputs"] + 1)
+
+
+def test_reorder_refuses_unknown_per_token_keys():
+  from maxtext.common.common_types import ReorderStrategy  # pylint: disable=import-outside-toplevel
+  from maxtext.utils import max_utils  # pylint: disable=import-outside-toplevel
+
+  batch = {**_batch(), "token_rewards": jnp.zeros((2, 32)), "images": jnp.zeros((2, 3, 8, 8))}
+  with integration.installed(), pytest.raises(ValueError, match=r"\['token_rewards'\].*LWM_PER_TOKEN_KEYS"):
+    max_utils.reorder_causal_load_balanced(batch, 2, ReorderStrategy.DUAL_CHUNK_SWAP, "cpu")
+
+
+def test_maxtext_reorders_exactly_the_keys_we_assume():
+  """The tripwire behind MAXTEXT_REORDERED_KEYS: MaxText's own function, unpatched."""
+  from maxtext.common.common_types import ReorderStrategy  # pylint: disable=import-outside-toplevel
+  from maxtext.utils import max_utils  # pylint: disable=import-outside-toplevel
+
+  assert not integration.is_installed()
+  probe = jnp.arange(32).reshape(1, 32)
+  keys = sorted(cp_reorder.MAXTEXT_REORDERED_KEYS) + ["probe_not_moved"]
+  out = max_utils.reorder_causal_load_balanced({k: probe for k in keys}, 2, ReorderStrategy.DUAL_CHUNK_SWAP, "cpu")
+  moved = {k for k in keys if not np.array_equal(out[k], probe)}
+  assert moved == cp_reorder.MAXTEXT_REORDERED_KEYS
+
+
+class _FakeOp:
+  """Stands in for a MaxText AttentionOp: records which path the patched apply_attention takes."""
+
+  def __init__(self, kernel):
+    self.attention_kernel = kernel
+    self.calls = []
+
+  def apply_attention_dot(self, query, key, value, decoder_segment_ids, model_mode, previous_chunk, **kwargs):
+    self.calls.append(("dot", model_mode, kwargs["segment_positions"]))
+    return "dot-result", None, None
+
+
+def _original(self, query, key, value, decoder_segment_ids, segment_positions, lengths, model_mode,
+              use_ragged_attention=False, previous_chunk=None, bidirectional_mask=None, sinks=None, indexer_mask=None,
+              compressed_mask=None, record_max_logits=False, decoder_segment_ids_kv=None, pad_kv_total=0,
+              compress_ratio=0, *, qk_product_einsum, wv_product_einsum):
+  self.calls.append(("original", model_mode, use_ragged_attention))
+  return "original-result", None, None
+
+
+@pytest.mark.parametrize("mode", ["prefill", "autoregressive"])
+def test_prefill_and_decode_fall_back_to_dot_product_and_say_so(mode, caplog):
+  wrapped = attention.apply_attention(_original)
+  op = _FakeOp("ring")
+  attention._fallback_logged.discard(mode)  # pylint: disable=protected-access
+  with caplog.at_level(logging.WARNING, logger="lwm_plugin.integration"):
+    result = wrapped(op, query=1, key=2, value=3, decoder_segment_ids=None, segment_positions="pos", lengths=None,
+                     model_mode=mode, qk_product_einsum=None, wv_product_einsum=None)
+  assert result[0] == "dot-result" and op.calls == [("dot", mode, "pos")]
+  assert f"{mode} mode uses MaxText's dot_product" in caplog.text
+  other = _FakeOp("dot_product")
+  assert wrapped(other, 1, 2, 3, None, None, None, "train", qk_product_einsum=None,
+                 wv_product_einsum=None)[0] == "original-result"
+
+
+def test_train_mode_refuses_unsupported_features():
+  wrapped = attention.apply_attention(_original)
+  op = types.SimpleNamespace(attention_kernel="ring", attn_logits_soft_cap=None)
+  with pytest.raises(ValueError, match="does not support sinks, record_max_logits"):
+    wrapped(op, query=1, key=2, value=3, decoder_segment_ids=None, segment_positions=None, lengths=None,
+            model_mode="train", sinks=jnp.ones(2), record_max_logits=True, qk_product_einsum=None,
+            wv_product_einsum=None)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["context_parallel_strategy=ring"], "leave context_parallel_strategy at 'all_gather'"),
+    (["ici_context_parallelism=3"], "needs an even context parallelism"),
+    (["max_target_length=260"], r"max_target_length \(260\) divisible by 2 x context parallelism \(8\)"),
+    (["attention_type=local_sliding", "sliding_window_size=64"], "supports attention_type global"),
+    (["attn_logits_soft_cap=30.0"], "attn_logits_soft_cap"),
+    (["lwm_ring_impl=pallas"], r"lwm_ring_impl='pallas' is not in this build \(available: \['xla'\]"),
+])
+def test_incompatible_settings_fail_with_the_key_to_change(overrides, message):
+  from maxtext_configs import config_path  # pylint: disable=import-outside-toplevel
+
+  with pytest.raises(Exception, match=message):
+    integration.resolve_config(["test", str(config_path("tiny_cpu_ring.yml")), *overrides])
+
+
+def test_ring_settings_are_validated():
+  from maxtext_configs import config_path  # pylint: disable=import-outside-toplevel
+
+  with pytest.raises(Exception, match="lwm_ring_impl"):
+    integration.resolve_config(["test", str(config_path("tiny_cpu_ring.yml")), "lwm_ring_impl=cuda"])
+  cfg = integration.resolve_config(["test", str(config_path("tiny_cpu_ring.yml"))])
+  assert (cfg.attention, cfg.lwm_ring_block_q, cfg.ici_context_parallelism) == ("ring", 32, 4)

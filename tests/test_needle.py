@@ -1,0 +1,63 @@
+"""Needle-in-a-haystack prompts and scoring (the model side is exercised by the demo test)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from data_loaders import synthetic_corpus as sc
+from lwm_plugin.evaluation import needle
+from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece
+
+
+@pytest.fixture(scope="module")
+def vocab():
+  rng = np.random.default_rng(1)
+  lines = sc.filler_sentences(rng, 300) + [sc.needle_sentence(c, "1234567") for c in sc.CITIES]
+  lines += [sc.needle_question([c]) for c in sc.CITIES] + ["You are a helpful assistant. USER: ASSISTANT:"]
+  return MultimodalVocab.from_model_proto(train_sentencepiece(lines, vocab_size=400), codebook_size=64)
+
+
+def test_score_is_the_fraction_of_numbers_found():
+  assert needle.score_answer("1234567", ["1234567"]) == 1.0
+  assert needle.score_answer("the number is 123456", ["1234567"]) == 0.0
+  assert needle.score_answer("1111111 and 3333333", ["1111111", "2222222"]) == 0.5
+
+
+@pytest.mark.parametrize("task", [needle.NeedleTask(1, 1), needle.NeedleTask(4, 2)], ids=lambda t: t.name)
+def test_prompts_fit_and_carry_the_needles_at_their_depth(vocab, task):
+  for depth in (0.0, 0.5, 1.0):
+    trial = needle.build_trial(vocab, task, 512, depth, np.random.default_rng(7), 0)
+    assert 480 <= len(trial.tokens) <= 512  # filled up to the budget, never over it
+    text = vocab.decode_text(trial.tokens[1:])  # after BOS
+    assert text.startswith("You are a helpful assistant. USER:") and text.endswith("ASSISTANT:")
+    haystack = text.split("USER:")[1]
+    body = haystack[:haystack.index(" What ")]  # the document before the question
+    first = body.index(sc.needle_sentence(trial.cities[0], trial.numbers[0]))
+    assert abs(first / len(body) - depth) < 0.2, (depth, first / len(body))
+    for city, number in zip(trial.cities, trial.numbers):
+      assert sc.needle_sentence(city, number) in haystack
+    assert len(trial.numbers) == task.n_asked
+  with pytest.raises(ValueError, match="too short"):
+    needle.build_trial(vocab, task, 20, 0.5, np.random.default_rng(0), 0)
+
+
+def test_grid_is_deterministic_and_results_are_written(vocab, tmp_path):
+  task = needle.NeedleTask(1, 1)
+  grid = needle.build_grid(vocab, task, [256, 512], [0.0, 1.0], rounds=2, seed=3)
+  again = needle.build_grid(vocab, task, [256, 512], [0.0, 1.0], rounds=2, seed=3)
+  assert len(grid) == 8 and all(np.array_equal(a.tokens, b.tokens) for a, b in zip(grid, again))
+  by_prompt = {id(t.tokens): t for t in grid}
+
+  def fake_model(prompts, max_new_tokens):  # right in the short context only
+    assert max_new_tokens == needle.answer_budget(task)
+    return [by_prompt[id(p)].numbers[0] if by_prompt[id(p)].context_length == 256 else "no idea" for p in prompts]
+
+  needle.run_grid(grid, fake_model, task)
+  lengths, depths, table = needle.accuracy_table(grid)
+  assert lengths == [256, 512] and depths == [0.0, 1.0]
+  assert table[:, 0].tolist() == [1.0, 1.0] and table[:, 1].tolist() == [0.0, 0.0]
+  doc = json.loads(needle.write_results(tmp_path / "r.json", task, grid).read_text())
+  assert doc["mean_accuracy"] == 0.5 and len(doc["trials"]) == 8
+  png = needle.plot_heatmap(tmp_path / "h.png", grid, "test").read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"
