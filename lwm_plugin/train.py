@@ -53,6 +53,17 @@ def _topology(config_file: str, overrides: list[str]) -> list[str]:
   return [f"compile_topology={topology}", "compile_topology_num_slices=1"] if topology else []
 
 
+def _absolute_output_dir(config_file: str, overrides: list[str]) -> list[str]:
+  """base_output_directory made absolute when it is a relative local path (Orbax refuses relative paths).
+
+  As an override, so that `${base_output_directory}` in a stage's load_parameters_path follows it.
+  """
+  out = peek(config_file, overrides, "base_output_directory")
+  if not out or "://" in str(out) or os.path.isabs(str(out)):
+    return []
+  return [f"base_output_directory={os.path.abspath(str(out))}"]
+
+
 def _check_data_dir(config_file: str, overrides: list[str], config) -> None:
   if uses_data_dir(config_file, overrides) and not config.lwm_data_dir:
     raise ConfigError(f"{config_file}: this stage reads its data sources under ${{lwm_data_dir}}, which is not set; "
@@ -67,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   try:
     config_file, overrides, flags = _split(args)
+    overrides += _absolute_output_dir(config_file, overrides)
     if "--check" in flags:
       overrides += _topology(config_file, overrides)
       if not any(a.startswith("compile_topology=") for a in overrides):
