@@ -7,7 +7,7 @@ LOCK      := requirements/test.lock
 STAMP     := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean-venv hf-venv
+.PHONY: setup test demo clean-venv hf-venv check-configs
 
 setup: $(STAMP)
 
@@ -36,3 +36,7 @@ hf-venv:
 
 clean-venv:
 	rm -rf $(VENV) .venv-hf
+
+# AOT-compile every paper stage for its TPU pod (libtpu, no TPU needed) and print the fit table.
+check-configs: $(STAMP)
+	$(PY) tools/check_stages.py --out check_configs.jsonl

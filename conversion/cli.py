@@ -4,11 +4,13 @@
                        [--dtype bfloat16|float32] [--no-tokenizer] [--max-shard-size 5GB]
   lwm-convert from-hf  --config CONFIG.yml --hf HF_DIR --output DIR [--extend-vocab] [--dtype float32|bfloat16]
   lwm-convert from-lwm --config CONFIG.yml --lwm PARAMS_FILE --output DIR [--extend-vocab] [--dtype ...]
+  lwm-convert extend-vocab --config CONFIG.yml --checkpoint ORBAX_ITEMS_DIR --output DIR [--dtype ...]
 
 Each command also takes MaxText `key=value` overrides after its options (as `lwm-train` does).
 CONFIG.yml gives the architecture (dims, theta, stage length, vocabulary size, scan layout) and the
 vocabulary (`lwm_tokenizer_path`, `lwm_codebook_size`, ...: default LLaMA-2 + LWM's 8192 codes); it
-is a path or the name of a shipped file in `maxtext_configs/`. Outputs are written to a temporary directory and
+is a path or the name of a shipped file in `maxtext_configs/`. `extend-vocab` grows a text model's
+MaxText checkpoint to the multimodal vocabulary of CONFIG.yml (the start of the vision stages). Outputs are written to a temporary directory and
 renamed into place at the end: a failed or interrupted run leaves no output directory. Conversion
 always runs on the host CPU. Also runnable as `python -m conversion ...`.
 """
@@ -38,7 +40,7 @@ def _size(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n", 1)[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-  sub = parser.add_subparsers(dest="command", required=True, metavar="{to-hf,from-hf,from-lwm}")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="{to-hf,from-hf,from-lwm,extend-vocab}")
 
   def common(p: argparse.ArgumentParser, dtype_default: str, dtype_help: str) -> None:
     p.add_argument("--config", required=True, help="MaxText/LWM config (.yml) describing the model")
@@ -64,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
   common(p, "", "parameter dtype (default: the config's weight_dtype)")
   p.add_argument("--lwm", required=True, help="LWM streaming params file (e.g. LWM-Chat-1M-Jax/params)")
   p.add_argument("--extend-vocab", action="store_true", help="text-only LWM model -> multimodal vocabulary")
+
+  p = sub.add_parser("extend-vocab", help="MaxText params, text vocabulary -> MaxText params, multimodal vocabulary")
+  common(p, "", "parameter dtype (default: each parameter's stored dtype)")
+  p.add_argument("--checkpoint", required=True, help="the text model's checkpoint: <run>/checkpoints/<step>/items")
   return parser
 
 
@@ -92,6 +98,12 @@ def _run(args: argparse.Namespace) -> None:
     vocab = None if args.no_tokenizer else vocab_lib.load(config)
     to_hf.convert(spec, args.checkpoint, args.output, vocab=vocab, dtype=args.dtype,
                   max_shard_bytes=args.max_shard_size, progress=progress)
+    return
+  if args.command == "extend-vocab":
+    from conversion import extend_vocab
+
+    extend_vocab.convert(spec, args.checkpoint, args.output, vocab=vocab_lib.load(config), dtype=args.dtype,
+                         progress=progress)
     return
   dtype = args.dtype or str(getattr(config.weight_dtype, "value", config.weight_dtype))
   if args.command == "from-hf":

@@ -61,7 +61,7 @@ def _flatten(tree: Any, prefix: LeafPath = ()) -> dict[LeafPath, Any]:
 
 def step_dir_of(checkpoint: str | os.PathLike) -> Path:
   """`<dir>/<step>/items` or `<dir>/<step>` -> `<dir>/<step>` (checked to hold an `items` PyTree)."""
-  path = Path(checkpoint)
+  path = Path(checkpoint).absolute()   # Orbax refuses relative paths
   step = path.parent if path.name == ITEMS else path
   if not (step / ITEMS).is_dir():
     raise ConversionError(f"{checkpoint}: not a MaxText checkpoint (expected <dir>/<step>/items, "

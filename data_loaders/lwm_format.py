@@ -54,7 +54,7 @@ SPECIAL_ITEMS = ("<|bos|>", "<|eos|>")
 
 
 class LWMFormatError(ValueError):
-  """A bad line. `kind` is one of: json, spec, field, type, code, frames, empty."""
+  """A bad line. `kind` is one of: json, spec, field, type, code, frames, empty, vision (in a text-only model)."""
 
   def __init__(self, kind: str, reason: str, source: str = "<line>", line_number: int = 0):
     self.kind, self.reason, self.source, self.line_number = kind, reason, source, line_number

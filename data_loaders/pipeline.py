@@ -57,6 +57,8 @@ class LoaderConfig:
   num_epochs        epochs per source; None: repeat forever
   worker_count      Grain worker processes (0: in the calling process)
   finalize_weights  normalise the weights per host batch (single host only; see data_loaders.packing)
+  text_only         the model has only the text ids (vocab_size = the tokenizer's size, LWM's text stages):
+                    an example with vision tokens is a bad record
   """
   sources: tuple[LWMDataSource, ...]
   seq_len: int
@@ -80,6 +82,7 @@ class LoaderConfig:
   worker_buffer_size: int = 1
   read_threads: int = 16
   read_buffer_size: int = 500
+  text_only: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "sources", tuple(LWMDataSource.model_validate(s) for s in self.sources))
@@ -151,7 +154,8 @@ def source_stream(config: LoaderConfig, source: LWMDataSource, vocab: Multimodal
   options = FormatOptions(default_fields=source.default_fields, fields_index=source.fields_index,
                           max_frames=config.max_frames, max_vision_tokens=config.max_vision_tokens)
   options.frame_limit(vocab)  # validates the budgets before any worker starts
-  decoded = records.map(RecordDecoder(source.format, vocab, options, skip_invalid=config.skip_invalid))
+  decoded = records.map(RecordDecoder(source.format, vocab, options, skip_invalid=config.skip_invalid,
+                                      text_only=config.text_only))
   read_options = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer_size)
   return ExampleStreamIterDataset(decoded.to_iter_dataset(read_options), name=source.name,
                                   max_tokens=config.seq_len + 1, overlong=config.overlong,

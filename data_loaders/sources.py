@@ -246,14 +246,19 @@ class RecordDecoder:
   """`Record` -> `(example or InvalidRecord, "path:line")`; a picklable `MapDataset.map` function."""
 
   def __init__(self, format_name: str, vocab: MultimodalVocab, options: FormatOptions = FormatOptions(), *,
-               skip_invalid: bool = False):
+               skip_invalid: bool = False, text_only: bool = False):
     if format_name not in SOURCES:
       raise ValueError(f"unknown data format {format_name!r}; expected one of {sorted(SOURCES)}")
     self.format_name, self.vocab, self.options, self.skip_invalid = format_name, vocab, options, skip_invalid
+    self.text_only = text_only
 
   def __call__(self, record: Record) -> tuple[Any, str]:
     try:
-      return self._decode(record), record.where
+      example = self._decode(record)
+      if self.text_only and example["is_vision"].any():
+        raise LWMFormatError("vision", f"vision tokens in a text-only model (vocab_size = the {self.vocab.text_size} "
+                             "text ids); train vision data with the multimodal vocabulary (docs/vocabulary.md)")
+      return example, record.where
     except LWMFormatError as e:
       error = LWMFormatError(e.kind, e.reason, record.path, record.line_number)
       if not self.skip_invalid:

@@ -93,3 +93,18 @@ def peek(config_file: str, overrides: Iterable[str], key: str) -> Any:
       with open(path, encoding="utf-8") as f:
         return (yaml.safe_load(f) or {}).get(key)
   return None
+
+
+DATA_DIR_REFERENCE = "${lwm_data_dir}"
+
+
+def uses_data_dir(config_file: str, overrides: Iterable[str]) -> bool:
+  """Whether the training sources (`lwm_data_sources`, unresolved) name files under `${lwm_data_dir}`.
+
+  The shipped stage YAMLs do; training one of them without `lwm_data_dir` is an error, not a
+  silent read of `/books3-.../*.jsonl`.
+  """
+  sources = peek(config_file, overrides, "lwm_data_sources") or []
+  files = [f for s in sources if isinstance(s, dict) for f in ([s.get("files")] if isinstance(s.get("files"), str)
+                                                                 else list(s.get("files") or []))]
+  return any(DATA_DIR_REFERENCE in str(f) for f in files)

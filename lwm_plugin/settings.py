@@ -159,6 +159,20 @@ class LWMSettings(BaseModel):
   lwm_ring_scan_unroll: int = Field(
       1, ge=1, description="Ring attention: unroll factor of the hop loop (each iteration holds two hops).")
 
+  # The paper's training stages (maxtext_configs/lwm_*.yml, docs/stages.md).
+  lwm_data_dir: str = Field(
+      "",
+      description="Directory of your training data. The shipped stage YAMLs name their sources under it "
+      "(files: ${lwm_data_dir}/<dataset>/*.jsonl, layout in docs/stages.md); training such a stage without it is an "
+      "error. Unused by configs whose sources name their own files.",
+  )
+  lwm_topology: str = Field(
+      "",
+      description="The TPU topology the stage was trained on in the paper (e.g. 'v4-512' = 256 v4 chips). "
+      "`lwm-train STAGE.yml --check` AOT-compiles the train step for it, and --print-config resolves the batch sizes "
+      "for it; training uses the devices it runs on. Empty: no paper topology (CPU and custom configs).",
+  )
+
   @model_validator(mode="after")
   def _check_data(self):
     for key in ("lwm_data_sources", "lwm_eval_data_sources"):

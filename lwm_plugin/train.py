@@ -5,6 +5,12 @@ path or the name of a file shipped in `maxtext_configs/`. Extra flags, handled h
 passed to MaxText:
 
   --print-config   print the fully resolved config as one JSON object on one line of stdout, exit 0.
+                   A stage with `lwm_topology` (the paper's stages) resolves as on that pod
+                   (compile_topology set), so its batch sizes are the pod's.
+  --check          compile the train step ahead of time for the stage's TPU pod (`lwm_topology`, or
+                   compile_topology=... on the command line) through libtpu, on any host, and report
+                   per-chip memory (arguments + temporaries) against HBM, FLOPs per step and whether
+                   it fits; exit 0 if it fits, 1 if not. With --json: one JSON object instead.
 
 Also runnable as `python -m lwm_plugin.train`.
 """
@@ -17,11 +23,11 @@ import os
 import sys
 from typing import Sequence
 
-from lwm_plugin.config_files import ConfigError, peek, resolve_config_file
+from lwm_plugin.config_files import ConfigError, peek, resolve_config_file, uses_data_dir
 
 PROG = "lwm-train"
-USAGE = f"usage: {PROG} CONFIG.yml [key=value ...] [--print-config]"
-_OWN_FLAGS = ("--print-config",)
+USAGE = f"usage: {PROG} CONFIG.yml [key=value ...] [--print-config | --check [--json]]"
+_OWN_FLAGS = ("--print-config", "--check", "--json")
 
 
 def _split(args: Sequence[str]) -> tuple[str, list[str], set[str]]:
@@ -32,7 +38,36 @@ def _split(args: Sequence[str]) -> tuple[str, list[str], set[str]]:
     raise ConfigError(f"unknown option {unknown[0]!r}\n{USAGE}")
   if not rest:
     raise ConfigError(USAGE)
+  if "--json" in flags and "--check" not in flags:
+    raise ConfigError(f"--json goes with --check\n{USAGE}")
+  if {"--print-config", "--check"} <= flags:
+    raise ConfigError(f"--print-config and --check are separate commands\n{USAGE}")
   return resolve_config_file(rest[0]), rest[1:], flags
+
+
+def _topology(config_file: str, overrides: list[str]) -> list[str]:
+  """compile_topology=<lwm_topology> for --check and --print-config, unless the command line sets one."""
+  if any(a.partition("=")[0] == "compile_topology" for a in overrides):
+    return []
+  topology = peek(config_file, overrides, "lwm_topology")
+  return [f"compile_topology={topology}", "compile_topology_num_slices=1"] if topology else []
+
+
+def _absolute_output_dir(config_file: str, overrides: list[str]) -> list[str]:
+  """base_output_directory made absolute when it is a relative local path (Orbax refuses relative paths).
+
+  As an override, so that `${base_output_directory}` in a stage's load_parameters_path follows it.
+  """
+  out = peek(config_file, overrides, "base_output_directory")
+  if not out or "://" in str(out) or os.path.isabs(str(out)):
+    return []
+  return [f"base_output_directory={os.path.abspath(str(out))}"]
+
+
+def _check_data_dir(config_file: str, overrides: list[str], config) -> None:
+  if uses_data_dir(config_file, overrides) and not config.lwm_data_dir:
+    raise ConfigError(f"{config_file}: this stage reads its data sources under ${{lwm_data_dir}}, which is not set; "
+                      "pass lwm_data_dir=/path/to/your/data (the layout is in docs/stages.md) or set lwm_data_sources")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   try:
     config_file, overrides, flags = _split(args)
+    overrides += _absolute_output_dir(config_file, overrides)
+    if "--check" in flags:
+      overrides += _topology(config_file, overrides)
+      if not any(a.startswith("compile_topology=") for a in overrides):
+        raise ConfigError(f"{config_file}: --check needs a TPU topology: set lwm_topology in the config or pass "
+                          "compile_topology=v4-512 (for example)")
+      # The compile needs no device: keep JAX on the host, and let libtpu load beside another process.
+      os.environ["JAX_PLATFORMS"] = "cpu"
+      os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    elif "--print-config" in flags:
+      overrides += _topology(config_file, overrides)
     if peek(config_file, overrides, "hardware") == "cpu":
       # Before JAX is imported: keep an installed libtpu from probing for a TPU on a CPU run.
       os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -56,12 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   from lwm_plugin import integration  # pylint: disable=import-outside-toplevel
 
   maxtext_argv = [PROG, config_file, *overrides]
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  if "--check" in flags:
+    report = integration.check_train_step(maxtext_argv, config_file)
+    print(report.to_json() if "--json" in flags else "\n".join(report.lines()), flush=True)
+    return 0 if report.fits else 1
   config = integration.resolve_config(maxtext_argv)
   if "--print-config" in flags:
     print(json.dumps(config.model_dump(mode="json"), sort_keys=True))
     return 0
+  try:
+    _check_data_dir(config_file, overrides, config)
+  except ConfigError as e:
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
   logging.getLogger("lwm_plugin").setLevel(logging.INFO)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("lwm_plugin").info("config %s, stage %r", config_file, config.lwm_stage or "(unnamed)")
   integration.install()
 

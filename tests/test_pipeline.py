@@ -188,6 +188,21 @@ def test_skip_mode_counts_bad_lines_and_stops_when_too_many(tmp_path, vocab):
     list(build_dataset(strict, vocab))
 
 
+def test_a_text_only_model_reads_text_and_refuses_vision_data(tmp_path, tiny_lwm_data, vocab):
+  """vocab_size = the tokenizer's size (LWM's text stages): vision ids would be out of the model's range."""
+  text = _config([{"name": "text", "files": str(tiny_lwm_data / "text.jsonl")}], seq_len=256, overlong="split",
+                 text_only=True)
+  (batch,) = _batches(text, vocab, 1)
+  assert batch["inputs"].max() < vocab.text_size and not batch["targets_vision_mask"].any()
+  path = tmp_path / "mixed.jsonl"
+  path.write_text((tiny_lwm_data / "text.jsonl").read_text().splitlines()[0] + "\n" +
+                  (tiny_lwm_data / "image.jsonl").read_text().splitlines()[0] + "\n")
+  mixed = _config([{"name": "mixed", "files": str(path)}], seq_len=512, overlong="split", text_only=True,
+                  shuffle=False, num_epochs=1)
+  with pytest.raises(LWMFormatError, match=rf"{path}:2: vision tokens in a text-only model"):
+    list(build_dataset(mixed, vocab))
+
+
 def test_overlong_error_in_the_pipeline_names_the_line(tiny_lwm_data, vocab):
   config = _config([{"name": "video", "files": str(tiny_lwm_data / "video.jsonl")}], seq_len=256, shuffle=False)
   with pytest.raises(ValueError, match=r"video.jsonl:1: example of \d+ tokens is longer than a row"):

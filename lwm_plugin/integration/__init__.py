@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lwm_plugin.integration import attention, config_hook, cp_reorder, data, loss
+from lwm_plugin.integration import aot, attention, config_hook, cp_reorder, data, loss
 from lwm_plugin.integration.core import Patch, Seam, SeamError
 
 # ---------------------------------------------------------------------------------------------
@@ -117,8 +117,21 @@ RESOLVE_ONLY_TABLE: tuple[Patch, ...] = (
     ),
 )
 
+# Used only by `lwm-train CONFIG.yml --check` (scoped to the compile).
+CHECK_ONLY_TABLE: tuple[Patch, ...] = (
+    Patch(
+        target="maxtext.trainers.pre_train.train_compile:jit_and_compile",
+        params=("func", "func_input_args", "func_input_kwargs", "mesh", "in_shardings", "out_shardings",
+                "static_argnums", "donate_argnums", "config", "logical_axis_rules"),
+        make=aot.capture_compiled,
+        reason="`--check` reads the compiled train step (memory per chip, HLO); train_compile.main only prints them",
+        remove_when="train_compile.main returns the compiled object",
+    ),
+)
+
 _SEAM = Seam(PATCH_TABLE)
 _RESOLVE_SEAM = Seam(RESOLVE_ONLY_TABLE)
+_CHECK_SEAM = Seam(CHECK_ONLY_TABLE)
 
 
 def install() -> list[str]:
@@ -144,6 +157,7 @@ def check() -> None:
   """Tripwires only: raises SeamError if any target moved; patches nothing."""
   _SEAM.check()
   _RESOLVE_SEAM.check()
+  _CHECK_SEAM.check()
 
 
 def report() -> list[str]:
@@ -163,5 +177,15 @@ def resolve_config(argv: Sequence[str]) -> Any:
     return pyconfig.initialize_pydantic(list(argv), config_class=LWMConfig)
 
 
-__all__ = ["PATCH_TABLE", "Patch", "SeamError", "check", "install", "installed", "is_installed", "report",
-           "resolve_config", "uninstall"]
+def check_train_step(argv: Sequence[str], config_file: str) -> Any:
+  """`lwm-train --check`: AOT-compiles the train step of `argv` (compile_topology set) with the plugin installed.
+
+  Returns a `lwm_plugin.stage_check.CompileReport`.
+  """
+  config = resolve_config(argv)
+  with installed():
+    return aot.compile_train_step(argv, config, config_file, _CHECK_SEAM)
+
+
+__all__ = ["CHECK_ONLY_TABLE", "PATCH_TABLE", "Patch", "SeamError", "check", "check_train_step", "install", "installed",
+           "is_installed", "report", "resolve_config", "uninstall"]

@@ -20,6 +20,7 @@ packed stream depends on the worker count, which must stay fixed across a resume
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import weakref
@@ -58,12 +59,15 @@ def check_data_config(config: Any) -> None:
 def _make_iterator(config: Any, mesh: Any, process_indices: list[int], training: bool) -> Any:
   check_data_config(config)
   vocab = MultimodalVocab.from_settings(config)
-  vocab.check_vocab_size(config.vocab_size)
+  text_only = config.vocab_size == vocab.text_size  # a text model (LWM's text stages): vision data is an error
+  if not text_only:
+    vocab.check_vocab_size(config.vocab_size)
   if training:
     batch_size = data_processing_utils.get_local_batch_size(config)
   else:
     batch_size = config.global_batch_size_to_load_eval // jax.process_count()
-  loader = LoaderConfig.from_settings(config, batch_size=batch_size, training=training)
+  loader = dataclasses.replace(LoaderConfig.from_settings(config, batch_size=batch_size, training=training),
+                               text_only=text_only)
   shard_index, shard_count = process_indices.index(jax.process_index()), len(process_indices)
   for line in describe(loader):
     logger.info("%s%s", "" if training else "(eval) ", line)

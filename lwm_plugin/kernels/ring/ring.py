@@ -130,7 +130,21 @@ def _repeat(step, carry, count: int, unroll: int):
   return step(carry) if count % 2 else carry
 
 
+def _per_call(q, seg, pos):
+  """(q, seg, pos) through one optimization barrier, so that seg and pos depend on q for JAX.
+
+  Under a `lax.scan` over layers (MaxText's scan_layers) the segment ids and positions are the same
+  for every layer. Differentiating the scan, JAX hoists loop-invariant computations out of it
+  (`_scan_known_hoisting` partially evaluates the body with its constants known), which splits the
+  hop loops and materialises every block's mask and masked scores stacked over all (query block,
+  key block) pairs: 655 GB per chip for LWM-Text-1M on v4-512. Tied to q, which differs per layer,
+  nothing in the ring is loop-invariant.
+  """
+  return jax.lax.optimization_barrier((q, seg, pos))
+
+
 def _forward(cfg: _Ring, q, k, v, seg, pos):
+  q, seg, pos = _per_call(q, seg, pos)
   n = jax.lax.axis_size(cfg.axis_name)
   perm = _perm(n)
   send = lambda x: jax.lax.ppermute(x, cfg.axis_name, perm)
@@ -162,6 +176,7 @@ def _bwd_hop(cfg: _Ring, q, do, lse, delta, q_seg, q_pos, dq, kv, kv_meta):
 
 
 def _backward(cfg: _Ring, q, k, v, seg, pos, o, lse, do):
+  q, seg, pos = _per_call(q, seg, pos)
   n = jax.lax.axis_size(cfg.axis_name)
   perm = _perm(n)
   send = lambda x: jax.lax.ppermute(x, cfg.axis_name, perm)
