@@ -97,7 +97,7 @@ def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, c
                         *([] if any(o.startswith("max_target_length=") for o in overrides)
                           else [f"max_target_length={-(-longest // 1024) * 1024}"])])
   vocab = MultimodalVocab.from_settings(config)
-  vocab.check_vocab_size(config.vocab_size)
+  vocab.is_text_model(config.vocab_size)  # a text or a multimodal model; any other size is an error
   integration.install()
   decoder = GreedyDecoder(config)
   text_ids = np.arange(vocab.text_size)  # the answer is text: greedy over the text ids only

@@ -214,6 +214,14 @@ class MultimodalVocab:
           f"{self.vision_rows} + markers {len(self.layout.marker_ids)}, rounded up to {SIZE_MULTIPLE}) has "
           f"{self.size} rows; set vocab_size: {self.size}")
 
+  def is_text_model(self, vocab_size: int, where: str = "config key vocab_size") -> bool:
+    """True for a text model (vocab_size = the tokenizer's `text_size`, as LWM's text stages), False for
+    a multimodal one (vocab_size = `size`); any other size raises ValueError (see `check_vocab_size`)."""
+    if vocab_size == self.text_size:
+      return True
+    self.check_vocab_size(vocab_size, where)
+    return False
+
   # ------------------------------------------------------------------ ids
   def vision_id(self, code: int) -> int:
     """The merged id of VQGAN code `code`."""

@@ -176,3 +176,9 @@ def test_check_vocab_size(vocab):
   vocab.check_vocab_size(40448)
   with pytest.raises(ValueError, match="vocab_size=32000, but .* has 40448 rows; set vocab_size: 40448"):
     vocab.check_vocab_size(32000)
+
+
+def test_is_text_model(vocab):
+  assert vocab.is_text_model(32000) and not vocab.is_text_model(40448)
+  with pytest.raises(ValueError, match="vocab_size=32128, but .* has 40448 rows"):
+    vocab.is_text_model(32128)

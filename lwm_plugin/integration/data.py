@@ -59,9 +59,7 @@ def check_data_config(config: Any) -> None:
 def _make_iterator(config: Any, mesh: Any, process_indices: list[int], training: bool) -> Any:
   check_data_config(config)
   vocab = MultimodalVocab.from_settings(config)
-  text_only = config.vocab_size == vocab.text_size  # a text model (LWM's text stages): vision data is an error
-  if not text_only:
-    vocab.check_vocab_size(config.vocab_size)
+  text_only = vocab.is_text_model(config.vocab_size)  # a text model (LWM's text stages): vision data is an error
   if training:
     batch_size = data_processing_utils.get_local_batch_size(config)
   else:

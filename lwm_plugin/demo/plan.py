@@ -1,0 +1,101 @@
+"""What the demo runs: the tiny stage chain, steps per stage, and the needle grid (no MaxText import).
+
+Two plans share one structure. FULL (`make demo`) runs the whole tiny chain of `docs/stages.md`,
+the CPU counterpart of the paper's: text 1K -> 2K -> 4K with RoPE theta doubled at each step
+(ring attention over 4 CPU devices), chat fine-tuning on retrieval QA at 4K, and the vision-language
+stages 1K -> 2K -> chat 4K (masked packing, per-modality loss weights), the first one starting from
+the text model with its vocabulary extended. FAST (`LWM_DEMO_FAST=1`, what CI runs) keeps one stage
+of each kind with a few steps and a small grid, to prove the pipeline end to end in under 3 minutes.
+
+Step counts are the demo's, not the YAMLs' (those are what the tests run); every stage's
+`load_parameters_path` is set here to the previous stage's final step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+FAST_ENV = "LWM_DEMO_FAST"
+_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One training stage: a shipped YAML, its steps, and the stage whose final checkpoint it starts from."""
+  config: str
+  steps: int
+  init: str | None = None          # run name of the stage it initialises from (None: from scratch)
+  extend_vocab: bool = False       # grow `init`'s text vocabulary to the multimodal one first
+
+  @property
+  def name(self) -> str:
+    """The run name (as the YAML's `run_name`): tiny_text_1k.yml -> tiny-text-1k."""
+    return self.config.removesuffix(".yml").replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class NeedleGrid:
+  """The evaluation: context lengths x depths, `rounds` random needles per cell; N facts / R asked."""
+  context_lengths: tuple[int, ...]
+  depths: tuple[float, ...]
+  rounds: int
+  multi: tuple[int, int]           # (N facts in the context, R asked)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The stages in order, which one the needle evaluation reads (after its HF export), the grid."""
+  mode: str
+  stages: tuple[Stage, ...]
+  needle_model: str                # run name of the stage evaluated on needle retrieval
+  grid: NeedleGrid
+
+  def __post_init__(self):
+    names = [s.name for s in self.stages]
+    for i, stage in enumerate(self.stages):
+      if stage.init is not None and stage.init not in names[:i]:
+        raise ValueError(f"stage {stage.name} initialises from {stage.init!r}, which does not run before it")
+    if self.needle_model not in names:
+      raise ValueError(f"needle_model {self.needle_model!r} is not a stage of the plan")
+
+  @property
+  def final_stage(self) -> Stage:
+    return self.stages[-1]
+
+
+FULL = Plan(
+    mode="full",
+    stages=(
+        Stage("tiny_text_1k.yml", 240),
+        Stage("tiny_text_2k.yml", 80, init="tiny-text-1k"),
+        Stage("tiny_text_4k.yml", 50, init="tiny-text-2k"),
+        Stage("tiny_text_chat_4k.yml", 80, init="tiny-text-4k"),
+        Stage("tiny_vision_1k.yml", 40, init="tiny-text-4k", extend_vocab=True),
+        Stage("tiny_vision_2k.yml", 20, init="tiny-vision-1k"),
+        Stage("tiny_vision_chat_4k.yml", 20, init="tiny-vision-2k"),
+    ),
+    needle_model="tiny-text-chat-4k",
+    grid=NeedleGrid(context_lengths=(1000, 2000, 4000), depths=(0.0, 0.25, 0.5, 0.75, 1.0), rounds=2, multi=(4, 2)),
+)
+
+FAST = Plan(
+    mode="fast",
+    stages=(
+        Stage("tiny_text_1k.yml", 6),
+        Stage("tiny_text_2k.yml", 3, init="tiny-text-1k"),
+        Stage("tiny_vision_1k.yml", 3, init="tiny-text-2k", extend_vocab=True),
+    ),
+    needle_model="tiny-text-2k",
+    grid=NeedleGrid(context_lengths=(500, 1000), depths=(0.0, 1.0), rounds=1, multi=(2, 2)),
+)
+
+
+def plan_from_env(environ: Mapping[str, str]) -> Plan:
+  """FAST when LWM_DEMO_FAST is 1/true/yes, FULL when unset or 0/false/no; anything else is an error."""
+  value = environ.get(FAST_ENV, "").strip().lower()
+  if value in _TRUE:
+    return FAST
+  if value in _FALSE:
+    return FULL
+  raise ValueError(f"{FAST_ENV}={environ[FAST_ENV]!r}: expected 1/true/yes (fast demo) or 0/false/no (full demo)")

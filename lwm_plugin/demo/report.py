@@ -1,0 +1,112 @@
+"""`demo_output/report.md`: losses per stage, tokens/s, the HF exports, needle accuracies and their trend.
+
+Accuracies are read back from the evaluation's results files (`needle_*.json`), so the report says
+exactly what was measured; nothing here is estimated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lwm_plugin.demo.plan import Plan
+from lwm_plugin.demo.progress import clock
+
+
+@dataclasses.dataclass
+class Summary:
+  """Everything the report shows (StageResult / NeedleResult objects come from `run.py`)."""
+  plan: Plan
+  stages: list[Any]
+  needles: list[Any]
+  hf_final: Path
+  hf_needle: Path
+  timings: dict[str, float]
+  wall_s: float
+  devices: int
+  machine: str
+
+
+def _rel(path: Path, root: Path) -> str:
+  return os.path.relpath(path, root)
+
+
+def _stage_table(summary: Summary) -> list[str]:
+  lines = ["| # | stage | config | context | RoPE θ | starts from | steps | tokens/step | loss first → last | "
+           "text / vision loss (last step) | tokens/s | wall (compile) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for i, r in enumerate(summary.stages, 1):
+    init = r.stage.init or "scratch"
+    if r.stage.extend_vocab:
+      init += " (vocabulary extended)"
+    vision = f"{r.vision_loss:.3f}" if r.vision_loss == r.vision_loss and r.vision_loss > 0 else "—"
+    lines.append(f"| {i} | {r.stage.name} | `{r.stage.config}` | {r.context:,} | {r.rope_theta:,.0f} | {init} | "
+                 f"{r.stage.steps} | {r.tokens_per_step:,} | {r.losses[0]:.3f} → {r.losses[-1]:.3f} | "
+                 f"{r.text_loss:.3f} / {vision} | {r.tokens_per_s:,.0f} | {clock(r.wall_s)} ({clock(r.setup_s)}) |")
+  return lines
+
+
+def _needle_section(result: Any, root: Path) -> list[str]:
+  doc = json.loads(Path(result.results).read_text())
+  lengths, depths, table = doc["context_lengths"], doc["depths"], doc["accuracy"]
+  per_length = [sum(table[i][j] for i in range(len(depths))) / len(depths) for j in range(len(lengths))]
+  lines = [f"### {result.task}: mean accuracy {result.mean:.2f}", "",
+           "| depth \\ context | " + " | ".join(f"{n:,}" for n in lengths) + " |",
+           "|---|" + "---|" * len(lengths)]
+  lines += [f"| {100 * d:.0f}% | " + " | ".join(f"{x:.2f}" for x in row) + " |" for d, row in zip(depths, table)]
+  lines += ["| **mean** | " + " | ".join(f"**{x:.2f}**" for x in per_length) + " |", "",
+            f"Trend over context length: {' → '.join(f'{x:.2f}' for x in per_length)}. "
+            f"Heatmap: [{_rel(result.heatmap, root)}]({_rel(result.heatmap, root)}); every prompt, answer and "
+            f"score: `{_rel(result.results, root)}`.", ""]
+  examples = [t for t in doc["trials"]][:2]
+  for t in examples:
+    lines.append(f"- {t['prompt_tokens']:,}-token prompt, depth {100 * t['depth']:.0f}%, asked "
+                 f"{', '.join(t['cities'])} ({', '.join(t['numbers'])}): answer `{t['response'].strip()[:120]}`")
+  return lines + [""]
+
+
+def render(summary: Summary, root: Path) -> str:
+  plan, stamp = summary.plan, datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+  tokens = sum(r.stage.steps * r.tokens_per_step for r in summary.stages)
+  lines = [f"# LWM tiny demo: report ({plan.mode} mode)", "",
+           f"{stamp}; {summary.machine}; {summary.devices} fake CPU devices, ring attention over the context axis "
+           f"(`ici_context_parallelism: {summary.devices}`). Total wall time {clock(summary.wall_s)}, "
+           f"{tokens:,} training tokens.", "",
+           "## Training stages", "",
+           "Each stage is MaxText's own training loop on a shipped config (`maxtext_configs/`), initialised from "
+           "the previous stage's final checkpoint; losses are the per-step weighted losses (text stages: token "
+           "mean; vision stages: the paper's per-example, per-modality weights, λ = 0.5 / 0.5). tokens/s is the "
+           "median over steps after the first (all devices); wall includes start-up and compilation (in brackets).",
+           "", *_stage_table(summary), "",
+           "## Hugging Face exports", "",
+           f"- final model ({plan.final_stage.name}): `{_rel(summary.hf_final, root)}/`",
+           f"- needle model ({plan.needle_model}): `{_rel(summary.hf_needle, root)}/`", "",
+           "Both are `LlamaForCausalLM` directories (config, safetensors, tokenizer with the multimodal "
+           "vocabulary where the model has one).", "",
+           "## Needle-in-a-haystack retrieval", "",
+           f"Model: {plan.needle_model}, evaluated on its Hugging Face export (imported back; prompts prefilled by "
+           f"ring attention over {summary.devices} devices, answers decoded greedily over the text ids). A trial "
+           "scores the fraction of the asked 7-digit numbers that appear in the answer (LWM's scoring). "
+           "Haystacks, needles and numbers are drawn from a seed stream the training corpus never used.", ""]
+  for result in summary.needles:
+    lines += _needle_section(result, root)
+  lines += ["## Timings", "", *[f"- {name}: {clock(s)}" for name, s in summary.timings.items()], ""]
+  return "\n".join(lines)
+
+
+def write(path: Path, summary: Summary) -> Path:
+  """Writes the report atomically (temporary file + rename)."""
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(render(summary, path.parent))
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+  return path

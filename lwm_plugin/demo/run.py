@@ -1,0 +1,255 @@
+"""`make demo`: the whole LWM system on one CPU machine, in one process on 4 fake CPU devices.
+
+  python -m lwm_plugin.demo          # LWM_DEMO_FAST=1 for the 3-minute version; LWM_DEMO_OUTPUT=DIR
+
+1. generates the synthetic corpus and its tokenizer (`data_loaders.tiny_data`: needles, retrieval
+   chats, shapes-and-colours images and videos; deterministic, nothing downloaded);
+2. trains the tiny stage chain (`plan.py`) with MaxText's own loop (`lwm_plugin.train`), ring
+   attention over the 4 devices' context axis, each stage initialised from the previous one's final
+   checkpoint (the first vision stage from the text model with its vocabulary extended);
+3. exports the final model and the needle model to Hugging Face (`lwm-convert to-hf`);
+4. evaluates single- and multi-needle retrieval over context length x depth on the HF export of the
+   needle model (imported back, prefill by ring attention over the 4 devices, `lwm-eval needle`);
+5. writes `report.md`, the heatmaps and the HF models under the output directory (`demo_output/`).
+
+Stages run in this process one after another (MaxText is imported once; each stage compiles its
+own step); their MaxText output goes to `logs/<stage>.log`, the terminal shows one line per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from lwm_plugin.config_files import peek, resolve_config_file
+from lwm_plugin.demo import progress, report
+from lwm_plugin.demo.plan import Plan, Stage, plan_from_env
+
+DEVICES = 4                      # the tiny chain's mesh: ici_context_parallelism 4
+OUTPUT_ENV = "LWM_DEMO_OUTPUT"
+MARKER = ".lwm_demo"             # marks a directory the demo owns (and may wipe on the next run)
+FIRST_STAGE_OVERHEAD_S = 30.0    # start-up + compile guess for the ETA until a stage has been measured
+NEEDLE_SEED = 20240208
+
+
+class DemoError(RuntimeError):
+  """A demo step failed; the message names the step and its log file."""
+
+
+@dataclasses.dataclass
+class StageResult:
+  """What the report says about one stage (from its metrics file and the step watcher)."""
+  stage: Stage
+  context: int
+  rope_theta: float
+  tokens_per_step: int
+  losses: list[float]
+  text_loss: float
+  vision_loss: float
+  tokens_per_s: float
+  setup_s: float
+  wall_s: float
+  checkpoint: Path
+
+
+@dataclasses.dataclass
+class NeedleResult:
+  """One needle task's results file, heatmap and mean accuracy."""
+  task: str
+  results: Path
+  heatmap: Path
+  mean: float
+
+
+def _jax_environment() -> None:
+  """4 fake CPU devices, set before JAX is first imported (the device count is fixed at import)."""
+  if "jax" in sys.modules:
+    raise DemoError("the demo must configure JAX before it is imported; run it as `python -m lwm_plugin.demo`")
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" not in flags:
+    flags += f" --xla_force_host_platform_device_count={DEVICES}"
+  if "xla_cpu_collective_call_terminate_timeout_seconds" not in flags:
+    flags += " --xla_cpu_collective_call_terminate_timeout_seconds=600"  # a loaded 2-core host is slow
+  os.environ["XLA_FLAGS"] = flags.strip()
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _fresh_output_dir(out: Path) -> None:
+  """Empties `out` if the demo wrote it before (stale checkpoints would make MaxText resume)."""
+  if out.exists():
+    if any(out.iterdir()) and not (out / MARKER).exists():
+      raise DemoError(f"{out} exists and was not written by the demo; remove it or set {OUTPUT_ENV}=another/dir")
+    shutil.rmtree(out)
+  out.mkdir(parents=True)
+  (out / MARKER).write_text("written by `make demo` (lwm_plugin.demo); removed and rewritten on each run\n")
+
+
+class Demo:
+  """Runs a `Plan` under `out`, printing progress to `term`."""
+
+  def __init__(self, plan: Plan, out: Path, term: TextIO):
+    self.plan, self.out, self.term = plan, out, term
+    self.data, self.runs, self.logs = out / "data", out / "runs", out / "logs"
+    self.results: dict[str, StageResult] = {}
+    self.timings: dict[str, float] = {}
+    self.started = time.monotonic()
+
+  def say(self, text: str) -> None:
+    self.term.write(f"demo: {text}\n")
+
+  def _common(self) -> list[str]:
+    return [f"lwm_data_dir={self.data}", f"base_output_directory={self.runs}"]
+
+  def _quiet(self, name: str):
+    return progress.quiet_output(self.logs / f"{name}.log", self.term)
+
+  def _step(self, name: str, rc: int) -> None:
+    if rc != 0:
+      log = self.logs / f"{name}.log"
+      lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+      tail = "\n".join([line for line in lines if "Config param" not in line][-25:])
+      raise DemoError(f"{name} failed with exit code {rc}; full log: {log}\n--- last lines ---\n{tail}")
+
+  # -- 1. data --------------------------------------------------------------------------------
+  def generate_data(self) -> None:
+    from data_loaders import tiny_data  # pylint: disable=import-outside-toplevel
+
+    start = time.monotonic()
+    files = tiny_data.generate(self.data)
+    sizes = ", ".join(f"{name} {path.stat().st_size / 1024:.0f} KiB" for name, path in files.items())
+    self.timings["data"] = time.monotonic() - start
+    self.say(f"corpus and tokenizer in {self.data} ({sizes})")
+
+  # -- 2. training ----------------------------------------------------------------------------
+  def _init_checkpoint(self, stage: Stage) -> list[str]:
+    if stage.init is None:
+      return []
+    items = self.results[stage.init].checkpoint
+    if stage.extend_vocab:
+      from conversion import cli as convert  # pylint: disable=import-outside-toplevel
+
+      target = self.runs / f"{stage.init}-vision-vocab"
+      name = f"{stage.name}.extend-vocab"
+      with self._quiet(name):
+        rc = convert.main(["extend-vocab", "--config", stage.config, "--checkpoint", str(items), "--output",
+                           str(target), "--no-progress", *self._common()])
+      self._step(name, rc)
+      self.say(f"vocabulary of {stage.init} extended for {stage.name}: {target}")
+      items = target / "0" / "items"
+    return [f"load_parameters_path={items}"]
+
+  def _tokens_per_step(self, config: str, overrides: list[str]) -> int:
+    batch = float(peek(config, overrides, "per_device_batch_size"))
+    return int(batch * DEVICES * int(peek(config, overrides, "max_target_length")))
+
+  def train(self, index: int, stage: Stage) -> StageResult:
+    from lwm_plugin import train  # pylint: disable=import-outside-toplevel
+
+    n = len(self.plan.stages)
+    config = resolve_config_file(stage.config)
+    metrics = self.logs / f"{stage.name}.metrics.jsonl"
+    start = time.monotonic()
+    overrides = [*self._common(), f"steps={stage.steps}", f"metrics_file={metrics}", *self._init_checkpoint(stage)]
+    context, theta = int(peek(config, overrides, "max_target_length")), float(peek(config, overrides, "rope_max_timescale"))
+    self.say(f"stage {index + 1}/{n} {stage.name}: {context}-token context, RoPE theta {theta:,.0f}, "
+             f"{stage.steps} steps, from {stage.init or 'scratch'}{' (vocabulary extended)' if stage.extend_vocab else ''}")
+    done = list(self.results.values())
+    overhead = statistics.mean(r.setup_s for r in done) if done else FIRST_STAGE_OVERHEAD_S
+    later = [(s.steps, self._tokens_per_step(resolve_config_file(s.config), self._common()))
+             for s in self.plan.stages[index + 1:]]
+    tokens_per_step = self._tokens_per_step(config, overrides)
+    watcher = progress.StepWatcher(self.term, f"stage {index + 1}/{n} {stage.name}", stage.steps, tokens_per_step,
+                                   DEVICES, later, overhead, tail_s=overhead * 3)
+    with self._quiet(stage.name), progress.watching(watcher):
+      rc = train.main([config, *overrides])
+    self._step(stage.name, rc)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    last = rows[-1]
+    result = StageResult(
+        stage=stage, context=context, rope_theta=theta, tokens_per_step=tokens_per_step,
+        losses=[r["learning/loss"] for r in rows], text_loss=last.get("lwm/text_loss", float("nan")),
+        vision_loss=last.get("lwm/vision_loss", float("nan")),
+        tokens_per_s=statistics.median(r["perf/per_device_tokens_per_sec"] for r in rows[1:] or rows) * DEVICES,
+        setup_s=watcher.setup_seconds(), wall_s=time.monotonic() - start,
+        checkpoint=self.runs / stage.name / "checkpoints" / str(stage.steps - 1) / "items")
+    if not result.checkpoint.is_dir():
+      raise DemoError(f"{stage.name}: no final checkpoint at {result.checkpoint}; log: {self.logs / stage.name}.log")
+    self.results[stage.name] = result
+    self.say(f"stage {index + 1}/{n} {stage.name} done in {progress.clock(result.wall_s)}: loss "
+             f"{result.losses[0]:.3f} -> {result.losses[-1]:.3f}, {result.tokens_per_s:,.0f} tokens/s")
+    return result
+
+  # -- 3. export ------------------------------------------------------------------------------
+  def export(self, name: str) -> Path:
+    from conversion import cli as convert  # pylint: disable=import-outside-toplevel
+
+    result = self.results[name]
+    target = self.out / "hf" / name
+    target.parent.mkdir(exist_ok=True)
+    start = time.monotonic()
+    with self._quiet(f"{name}.to-hf"):
+      rc = convert.main(["to-hf", "--config", result.stage.config, "--checkpoint", str(result.checkpoint),
+                         "--output", str(target), "--dtype", "float32", "--no-progress", *self._common()])
+    self._step(f"{name}.to-hf", rc)
+    self.timings[f"export {name}"] = time.monotonic() - start
+    self.say(f"{name} exported to Hugging Face: {target}")
+    return target
+
+  # -- 4. needle evaluation -------------------------------------------------------------------
+  def needle(self, hf_dir: Path, n_needles: int, n_asked: int) -> NeedleResult:
+    from lwm_plugin import evaluate  # pylint: disable=import-outside-toplevel
+    from lwm_plugin.evaluation.needle import NeedleTask  # pylint: disable=import-outside-toplevel
+
+    task, grid = NeedleTask(n_needles, n_asked), self.plan.grid
+    stage = self.results[self.plan.needle_model].stage
+    start = time.monotonic()
+    self.say(f"needle retrieval ({task.name}) on {hf_dir.name} (Hugging Face export): context "
+             f"{list(grid.context_lengths)} x depth {list(grid.depths)}, {grid.rounds} round(s)")
+    with self._quiet(f"needle.{task.name.replace(' ', '_')}"):
+      results, heatmap, mean = evaluate.evaluate_needle(
+          resolve_config_file(stage.config), str(hf_dir), self._common(), context_lengths=grid.context_lengths,
+          depths=grid.depths, task=task, rounds=grid.rounds, seed=NEEDLE_SEED, output=self.out,
+          log=lambda line: self.term.write(f"  {line}\n"))
+    self.timings[f"needle {task.name}"] = time.monotonic() - start
+    return NeedleResult(task.name, results, heatmap, mean)
+
+  def run(self) -> Path:
+    self.generate_data()
+    for i, stage in enumerate(self.plan.stages):
+      self.train(i, stage)
+    final = self.export(self.plan.final_stage.name)
+    needle_hf = final if self.plan.needle_model == self.plan.final_stage.name else self.export(self.plan.needle_model)
+    n, r = self.plan.grid.multi
+    needles = [self.needle(needle_hf, 1, 1), self.needle(needle_hf, n, r)]
+    shutil.rmtree(self.out / "hf_import", ignore_errors=True)  # the evaluation's import of the HF export
+    path = report.write(self.out / "report.md", report.Summary(
+        plan=self.plan, stages=list(self.results.values()), needles=needles, hf_final=final, hf_needle=needle_hf,
+        timings=self.timings, wall_s=time.monotonic() - self.started, devices=DEVICES,
+        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"))
+    self.say(f"done in {progress.clock(time.monotonic() - self.started)}; report: {path}")
+    return path
+
+
+def main() -> int:
+  try:
+    plan = plan_from_env(os.environ)
+    _jax_environment()
+    out = Path(os.environ.get(OUTPUT_ENV, "demo_output")).resolve()
+    _fresh_output_dir(out)
+    term = progress.terminal_stream()
+    term.write(f"demo: {plan.mode} demo ({len(plan.stages)} stages) on {DEVICES} CPU devices, output in {out}; "
+               f"MaxText's own output goes to {out / 'logs'}\n")
+    Demo(plan, out, term).run()
+  except (DemoError, ValueError) as e:
+    print(f"demo: error: {e}", file=sys.stderr)
+    return 1
+  return 0

@@ -1,0 +1,135 @@
+"""The main job: the fast demo end to end (what CI runs), and the demo's plan, progress and output rules."""
+
+from __future__ import annotations
+
+import io
+import os
+import json
+import logging
+import re
+import struct
+import subprocess
+import sys
+import zlib
+
+import pytest
+
+from conftest import REPO, subprocess_env
+from lwm_plugin.demo import plan as demo_plan
+from lwm_plugin.demo import progress
+from lwm_plugin.demo.run import DemoError, MARKER, _fresh_output_dir
+
+# A training-step line exactly as MaxText 0.2.5's metric_logger writes it.
+MAXTEXT_STEP = ("completed step: 4, seconds: 0.500, TFLOP/s/device: 0.003, Tokens/s/device: 2048.000, "
+                "total_weights: 3434.0, loss: 5.123, lm_loss: 5.123, perplexity: 167.775")
+
+
+def _png_size(path) -> tuple[int, int]:
+  """Width and height of a PNG, after checking its signature and its IHDR chunk's CRC."""
+  data = path.read_bytes()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+  length, kind = struct.unpack(">I4s", data[8:16])
+  assert kind == b"IHDR" and length == 13
+  (crc,) = struct.unpack(">I", data[29:33])
+  assert crc == zlib.crc32(data[12:29]), f"{path}: bad IHDR checksum"
+  assert data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND", f"{path}: truncated"
+  return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.slow
+def test_fast_demo_end_to_end(tmp_path):
+  out = tmp_path / "demo_output"
+  proc = subprocess.run([sys.executable, "-m", "lwm_plugin.demo"], cwd=REPO, capture_output=True, text=True,
+                        timeout=900, check=False,
+                        env=subprocess_env(1, LWM_DEMO_FAST="1", LWM_DEMO_OUTPUT=str(out), XLA_FLAGS=""))
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  plan = demo_plan.FAST
+  n = len(plan.stages)
+  for i, stage in enumerate(plan.stages, 1):
+    assert f"[stage {i}/{n} {stage.name}] step {stage.steps:>4}/{stage.steps}  loss" in proc.stdout
+  assert re.search(r"tokens/s  ETA stage \d+:\d\d, demo \d+:\d\d", proc.stdout)
+  assert "Config param" not in proc.stdout  # MaxText's output went to the logs
+  report = (out / "report.md").read_text()
+  for stage in plan.stages:
+    assert re.search(rf"\| {re.escape(stage.name)} \| `{stage.config}` \|", report), stage.name
+    assert (out / "logs" / f"{stage.name}.log").stat().st_size > 0
+  for name in ("single", "multi_n2_r2"):
+    width, height = _png_size(out / f"needle_{name}.png")
+    assert width > 100 and height > 100
+    results = json.loads((out / f"needle_{name}.json").read_text())
+    assert len(results["trials"]) == len(plan.grid.context_lengths) * len(plan.grid.depths) * plan.grid.rounds
+    assert f"mean accuracy {results['mean_accuracy']:.2f}" in report
+  hf_config = json.loads((out / "hf" / plan.final_stage.name / "config.json").read_text())
+  assert hf_config["architectures"] == ["LlamaForCausalLM"] and hf_config["vocab_size"] == 768
+  assert json.loads((out / "hf" / plan.needle_model / "config.json").read_text())["vocab_size"] == 384
+  assert (out / MARKER).exists() and not (out / "hf_import").exists()
+
+
+def test_plan_from_env():
+  assert demo_plan.plan_from_env({}) is demo_plan.FULL
+  assert demo_plan.plan_from_env({"LWM_DEMO_FAST": "1"}) is demo_plan.FAST
+  assert demo_plan.plan_from_env({"LWM_DEMO_FAST": "no"}) is demo_plan.FULL
+  with pytest.raises(ValueError, match="LWM_DEMO_FAST='fats'"):
+    demo_plan.plan_from_env({"LWM_DEMO_FAST": "fats"})
+
+
+@pytest.mark.parametrize("plan", [demo_plan.FULL, demo_plan.FAST], ids=lambda p: p.mode)
+def test_plans_chain_shipped_configs(plan):
+  from maxtext_configs import config_path  # pylint: disable=import-outside-toplevel
+
+  assert all(config_path(s.config).is_file() for s in plan.stages)
+  kinds = [s.config.split("_")[1] for s in plan.stages]
+  assert "text" in kinds and "vision" in kinds and [s.extend_vocab for s in plan.stages].count(True) == 1
+  assert plan.stages[0].init is None and all(s.init for s in plan.stages[1:])
+
+
+def test_plan_rejects_a_stage_that_starts_from_a_later_one():
+  with pytest.raises(ValueError, match="initialises from 'b'"):
+    demo_plan.Plan("x", (demo_plan.Stage("a.yml", 1, init="b"), demo_plan.Stage("b.yml", 1)), "a",
+                   demo_plan.FAST.grid)
+
+
+def test_step_watcher_reads_maxtext_step_lines_and_estimates_time():
+  out, now = io.StringIO(), iter([0.0, 12.0, 12.0])
+  watcher = progress.StepWatcher(out, "stage 2/3 tiny-text-2k", steps=11, tokens_per_step=4096, devices=4,
+                                 remaining=[(20, 8192)], overhead_s=30.0, tail_s=60.0, now=lambda: next(now))
+  logger = logging.getLogger("absl")
+  with progress.watching(watcher):
+    logger.warning("Config param steps: 10")  # not a step line: ignored
+    logger.warning(MAXTEXT_STEP)
+  assert logger.handlers.count(watcher) == 0
+  # step 5 of 11 at 0.5 s: 3 s left; the next stage 20 x 8192 tokens at 0.5 s / 4096 tokens = 20 s, + 30 s
+  # start-up, + 60 s tail = 113 s.
+  assert out.getvalue() == ("[stage 2/3 tiny-text-2k] step    5/11  loss   5.123     8,192 tokens/s  "
+                            "ETA stage 0:03, demo 1:53\n")
+  assert watcher.setup_seconds() == 12.0 and watcher.losses == [5.123]
+
+
+def test_quiet_output_sends_file_descriptors_to_the_log(tmp_path, capfd):
+  term = progress.terminal_stream()
+  with progress.quiet_output(tmp_path / "x.log", term):
+    os.write(1, b"to the log\n")
+    subprocess.run(["echo", "from a child"], check=True)
+    term.write("to the terminal\n")
+  term.close()
+  assert (tmp_path / "x.log").read_text() == "to the log\nfrom a child\n"
+  assert capfd.readouterr().out == "to the terminal\n"
+
+
+def test_output_dir_is_only_wiped_when_the_demo_wrote_it(tmp_path):
+  foreign = tmp_path / "mine"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("keep me")
+  with pytest.raises(DemoError, match="was not written by the demo"):
+    _fresh_output_dir(foreign)
+  assert (foreign / "notes.txt").read_text() == "keep me"
+  ours = tmp_path / "demo_output"
+  _fresh_output_dir(ours)
+  (ours / "runs").mkdir()
+  _fresh_output_dir(ours)
+  assert sorted(p.name for p in ours.iterdir()) == [MARKER]
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (754, "12:34"), (3723, "1:02:03")])
+def test_clock(seconds, text):
+  assert progress.clock(seconds) == text
