@@ -15,6 +15,7 @@ up to 768 rows (`vocab_size: 768`). Everything is small enough to train on one C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -26,12 +27,18 @@ TEXT_VOCAB = 384
 CODEBOOK = 64
 SPEC = CorpusSpec(seed=0, text_documents=60, document_sentences=(3, 40), retrieval_chats=60, images=120, videos=40,
                   video_frames=4, codebook_size=CODEBOOK)
+# The full demo's corpus (`make demo`): the same generator with enough documents and chats that the
+# needles' numbers cannot be memorised in the demo's training budget (about 2M tokens), only copied
+# from the context.
+DEMO_SPEC = dataclasses.replace(SPEC, text_documents=4000, document_sentences=(3, 60), needles_per_document=3,
+                                retrieval_chats=4000, images=400, videos=100)
+TOKENIZER_LINES_PER_FILE = 400  # the corpus's words are few: a sample of each file trains the tokenizer
 
 
 def _texts(paths: dict[str, Path]) -> list[str]:
   lines = []
   for path in paths.values():
-    for raw in path.read_text().splitlines():
+    for raw in path.read_text().splitlines()[:TOKENIZER_LINES_PER_FILE]:
       obj = json.loads(raw)
       lines += [obj[k] for k in ("text", "caption") if k in obj]
       lines += [m["content"] for m in obj.get("messages", [])]
