@@ -12,6 +12,7 @@ import importlib
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -138,6 +139,32 @@ def test_visible_pairs_documents_and_verdicts(bench):
   assert bench.verdict(0.06, 0.05, at_least=False) == "miss"
   assert bench.verdict(None, 0.75, na_reason="no peer") == "n/a (no peer)"
   assert bench.verdict(0.9, 0.75, applies=False, na_reason="L < 8192") == "n/a (L < 8192)"
+
+
+def test_timed_programs_lower_to_triton_kernels_for_an_h100(bench):
+  """What the GPU run compiles, lowered here for an abstract H100: the hop's fwd+bwd (forward, dq and dk/dv
+  kernels), packed, and the emulated ring, whose vmapped devices must batch the kernels, not unroll them."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jax._src import mesh as mesh_lib  # pylint: disable=import-outside-toplevel  (AbstractDevice is not public)
+
+  setup = bench.Setup(heads=4, kv_heads=2, head_dim=64)
+  device = mesh_lib.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+
+  def triton_kernels(fn, *shapes):
+    args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)), \
+        warnings.catch_warnings():
+      warnings.simplefilter("ignore", DeprecationWarning)  # JAX 0.12 deprecates the Pallas Triton backend
+      return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text().count("__gpu$xla.gpu.triton")
+
+  s = 512
+  q, kv, tok = ((1, s, 4, 64), jnp.bfloat16), ((1, s, 2, 64), jnp.bfloat16), ((1, s), jnp.int32)
+  hop_fwd_bwd = bench._jitted(bench.attention_fn(bench.PALLAS, True, setup))[3]  # pylint: disable=protected-access
+  assert triton_kernels(hop_fwd_bwd, q, q, kv, kv, tok, tok) == 3
+  ring_fwd, ring_fwd_bwd = bench.emulated_ring_fns(4, True, setup)
+  assert triton_kernels(ring_fwd, q, kv, kv, tok) == 4  # hop sites: first, two in the loop body, last
+  assert triton_kernels(ring_fwd_bwd, q, q, kv, kv, tok) == 12
 
 
 def test_full_mode_refuses_a_cpu_backend():
