@@ -403,7 +403,8 @@ class Bench:
             speedup_vs_unpacked=unpacked / t, ideal_speedup=causal_pairs / pairs,
             fwd_bwd_tflops=FWD_BWD_FLOPS * fwd_flops(s, pairs) / t / 1e12, max_rel_error=error,
             cudnn_unpacked_fwd_bwd_s=cudnn, cudnn_unpacked_over_packed=None if cudnn is None else cudnn / t))
-        cudnn_text = no_cudnn if cudnn is None else f"cuDNN causal unpacked {1e3 * cudnn:9.3f} ms ({cudnn / t:.2f}x ours)"
+        cudnn_text = (no_cudnn if cudnn is None
+                      else f"cuDNN causal unpacked {1e3 * cudnn:9.3f} ms ({cudnn / t:.2f}x ours)")
         print(f"  L={length:6d} docs mean {mean:5d} ({row['documents']} docs, visible {row['visible_fraction']:.3f}): "
               f"{1e3 * t:9.3f} ms, {row['fwd_bwd_tflops']:6.1f} TF/s | vs unpacked {1e3 * unpacked:9.3f} ms: "
               f"speed-up {row['speedup_vs_unpacked']:.2f}x of ideal {row['ideal_speedup']:.2f}x | {cudnn_text} "
@@ -435,17 +436,21 @@ def _ints(text: str) -> tuple[int, ...]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
-  parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, Pallas interpreted (a check, not a measurement)")
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny shapes on CPU, Pallas interpreted (a check, not a measurement)")
   parser.add_argument("--lengths", type=_ints, help="local lengths (default 8192,16384,32768,65536)")
   parser.add_argument("--ring-sizes", type=_ints, help="emulated ring sizes N (default 2,4,8)")
   parser.add_argument("--ring-lengths", type=_ints, help="tokens per ring chunk (default 8192,16384)")
   parser.add_argument("--doc-means", type=_ints, help="mean packed document lengths (default 2048,8192)")
-  parser.add_argument("--blocks", type=_ints, help="hop tiles block_q,block_kv[,block_q_bwd,block_kv_bwd] (default: the kernels')")
+  parser.add_argument("--blocks", type=_ints,
+                      help="hop tiles block_q,block_kv[,block_q_bwd,block_kv_bwd] (default: the kernels')")
   parser.add_argument("--runs", type=int, help="timed calls per figure, median taken (default 7)")
   parser.add_argument("--warmup", type=int, help="untimed calls after compilation (default 2)")
   parser.add_argument("--json", help="also write every row to this JSON file")
   args = parser.parse_args(argv)
   sections = bench_lib.parse_sections(parser, args.sections, SECTIONS)
+  if args.blocks is not None and not 2 <= len(args.blocks) <= 4:
+    parser.error(f"--blocks takes 2 to 4 sizes (block_q,block_kv[,block_q_bwd,block_kv_bwd]), got {args.blocks}")
   setup = SMOKE if args.smoke else Setup()
   overrides = dict(lengths=args.lengths, ring_sizes=args.ring_sizes, ring_lengths=args.ring_lengths,
                    doc_means=args.doc_means, blocks=args.blocks, runs=args.runs, warmup=args.warmup)
@@ -469,9 +474,9 @@ def main(argv=None) -> int:
     getattr(bench, f"{name}_section")()
     print(f"   ({name}: {time.perf_counter() - start:.0f} s including compilation)", flush=True)
   if args.json:
-    bench_lib.write_json(args.json, dict(date=time.strftime("%Y-%m-%d"), device=f"{device.platform} {device.device_kind}",
-                                         jax=jax.__version__, setup=dataclasses.asdict(setup), rows=bench.rows,
-                                         failures=bench.failures))
+    bench_lib.write_json(args.json, dict(
+        date=time.strftime("%Y-%m-%d"), device=f"{device.platform} {device.device_kind}", jax=jax.__version__,
+        cudnn=cudnn_version(), setup=dataclasses.asdict(setup), rows=bench.rows, failures=bench.failures))
   if bench.failures:
     print(f"\n{len(bench.failures)} numerics check(s) FAILED (figures of those rows are not valid):\n  "
           + "\n  ".join(bench.failures))

@@ -81,7 +81,8 @@ def test_ring_rows_give_efficiency_and_targets(smoke):
   setup = data["setup"]
   rows = _rows(data, "ring")
   assert [(r["mask"], r["chunk_length"], r["ring_size"]) for r in rows] == [
-      (mask, length, n) for mask in setup["ring_masks"] for length in setup["ring_lengths"] for n in setup["ring_sizes"]]
+      (mask, length, n)
+      for mask in setup["ring_masks"] for length in setup["ring_lengths"] for n in setup["ring_sizes"]]
   kernel = {(r["length"], r["mask"]): r for r in _rows(data, "kernel") if r["impl"] == "pallas"}
   for row in rows:
     assert row["layout"] == ("dual_chunk_swap" if row["mask"] == "causal" else "contiguous")
