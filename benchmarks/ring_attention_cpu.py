@@ -34,6 +34,8 @@ import time
 import types
 from pathlib import Path
 
+import bench_lib
+
 REPO = Path(__file__).resolve().parents[1]
 DEVICES = 8
 H, D, BLOCK = 8, 64, 512  # MHA 8 heads so the original ring (no GQA) runs the same shapes
@@ -46,14 +48,7 @@ def _jax():
 
 
 def _inputs(n, length, kv_heads=H, dtype="float32"):
-  jax = _jax()
-  s = n * length
-  keys = jax.random.split(jax.random.PRNGKey(0), 4)
-  q = jax.random.normal(keys[0], (1, s, H, D), dtype)
-  k = jax.random.normal(keys[1], (1, s, kv_heads, D), dtype)
-  v = jax.random.normal(keys[2], (1, s, kv_heads, D), dtype)
-  do = jax.random.normal(keys[3], (1, s, H, D), dtype)
-  return q, k, v, do
+  return bench_lib.attention_inputs(1, n * length, H, kv_heads, D, dtype)
 
 
 def _mesh(n):
@@ -272,9 +267,7 @@ def main(argv=None) -> int:
       "memory": memory_section, "time": time_section, "balance": balance_section, "hlo": hlo_section,
       "maxtext": lambda: maxtext_section([int(x) for x in args.maxtext_lengths.split(",")], args.dot_product_max_length),
   }
-  for name in args.sections.split(","):
-    if name not in sections:
-      parser.error(f"unknown section {name!r}; expected some of {sorted(sections)}")
+  for name in bench_lib.parse_sections(parser, args.sections, sections):
     sections[name]()
   return 0
 
