@@ -235,6 +235,7 @@ class CorpusSpec:
   seed: int = 0
   text_documents: int = 200
   document_sentences: tuple[int, int] = (20, 200)
+  log_uniform_lengths: bool = False  # document lengths log-uniform in the range (as many short as long)
   needles_per_document: int = 2
   retrieval_chats: int = 400
   chat_needles: tuple[int, ...] = (1, 2, 4)  # N facts per context; R asked is 1 or 2 (at most N)
@@ -256,13 +257,19 @@ def generate_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec())
     return np.random.default_rng([spec.seed, zlib.crc32(name.encode())])
 
   lo, hi = spec.document_sentences
+
+  def length(r: np.random.Generator) -> int:
+    if spec.log_uniform_lengths:
+      return int(np.exp(r.uniform(np.log(lo), np.log(hi + 1))))
+    return int(r.integers(lo, hi + 1))
+
   r = rng_for("text")
-  text = [text_document(r, int(r.integers(lo, hi + 1)), spec.needles_per_document) for _ in range(spec.text_documents)]
+  text = [text_document(r, length(r), spec.needles_per_document) for _ in range(spec.text_documents)]
   r = rng_for("retrieval_chat")
   chats = []
   for _ in range(spec.retrieval_chats):
     n = int(r.choice(spec.chat_needles))
-    chats.append(retrieval_chat(r, int(r.integers(lo, hi + 1)), n, int(r.integers(1, min(n, 2) + 1))))
+    chats.append(retrieval_chat(r, length(r), n, int(r.integers(1, min(n, 2) + 1))))
   r = rng_for("image")
   images = [image_caption(r, spec.codebook_size) for _ in range(spec.images)]
   r = rng_for("video")

@@ -3,14 +3,15 @@
     python -m data_loaders.tiny_data [OUT_DIR]      # default: ./tiny_lwm_data
 
 writes, from the synthetic corpus (`data_loaders.synthetic_corpus`, deterministic for a seed):
-  tokenizer.model        a 384-piece LLaMA-style SentencePiece model trained on the corpus text
+  tokenizer.model        a 1024-piece LLaMA-style SentencePiece model trained on the corpus text
+                         (words of the corpus are single pieces; digits are split, as LLaMA's)
   text.jsonl             plain text documents with needles
   image.jsonl            image-caption pairs, both modality orders (text-to-image and captioning)
   video.jsonl            4-frame videos with captions, both orders
   retrieval_chat.jsonl   long-context QA chats (the config packs them in their own group)
 
-With `lwm_codebook_size: 64` the vocabulary is 384 text ids + 64 + 256 vision rows = 704, rounded
-up to 768 rows (`vocab_size: 768`). Everything is small enough to train on one CPU in a minute.
+With `lwm_codebook_size: 64` the vocabulary is 1024 text ids + 64 + 256 vision rows = 1344, rounded
+up to 1408 rows (`vocab_size: 1408`). Everything is small enough to train on one CPU in a minute.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from pathlib import Path
 from data_loaders.synthetic_corpus import CorpusSpec, generate_corpus
 from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece
 
-TEXT_VOCAB = 384
+TEXT_VOCAB = 1024
 CODEBOOK = 64
 SPEC = CorpusSpec(seed=0, text_documents=60, document_sentences=(3, 40), retrieval_chats=60, images=120, videos=40,
                   video_frames=4, codebook_size=CODEBOOK)
 # The full demo's corpus (`make demo`): the same generator with enough documents and chats that the
 # needles' numbers cannot be memorised in the demo's training budget (about 2M tokens), only copied
-# from the context.
-DEMO_SPEC = dataclasses.replace(SPEC, text_documents=4000, document_sentences=(3, 60), needles_per_document=3,
-                                retrieval_chats=4000, images=400, videos=100)
+# from the context; lengths log-uniform from a few sentences to about 3.5K tokens, so that every
+# stage of the chain (1K, 2K, 4K) has documents of its length.
+DEMO_SPEC = dataclasses.replace(SPEC, text_documents=4000, document_sentences=(3, 330), log_uniform_lengths=True,
+                                needles_per_document=3, retrieval_chats=4000, images=400, videos=100)
 TOKENIZER_LINES_PER_FILE = 400  # the corpus's words are few: a sample of each file trains the tokenizer
 
 

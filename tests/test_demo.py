@@ -60,8 +60,8 @@ def test_fast_demo_end_to_end(tmp_path):
     assert len(results["trials"]) == len(plan.grid.context_lengths) * len(plan.grid.depths) * plan.grid.rounds
     assert f"mean accuracy {results['mean_accuracy']:.2f}" in report
   hf_config = json.loads((out / "hf" / plan.final_stage.name / "config.json").read_text())
-  assert hf_config["architectures"] == ["LlamaForCausalLM"] and hf_config["vocab_size"] == 768
-  assert json.loads((out / "hf" / plan.needle_model / "config.json").read_text())["vocab_size"] == 384
+  assert hf_config["architectures"] == ["LlamaForCausalLM"] and hf_config["vocab_size"] == 1408
+  assert json.loads((out / "hf" / plan.needle_model / "config.json").read_text())["vocab_size"] == 1024
   assert (out / MARKER).exists() and not (out / "hf_import").exists()
 
 
@@ -85,7 +85,7 @@ def test_plans_chain_shipped_configs(plan):
 
 def test_plan_rejects_a_stage_that_starts_from_a_later_one():
   with pytest.raises(ValueError, match="initialises from 'b'"):
-    demo_plan.Plan("x", (demo_plan.Stage("a.yml", 1, init="b"), demo_plan.Stage("b.yml", 1)), "a",
+    demo_plan.Plan("x", demo_plan.FAST.corpus, (demo_plan.Stage("a.yml", 1, init="b"), demo_plan.Stage("b.yml", 1)), "a",
                    demo_plan.FAST.grid)
 
 
@@ -133,3 +133,11 @@ def test_output_dir_is_only_wiped_when_the_demo_wrote_it(tmp_path):
 @pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (754, "12:34"), (3723, "1:02:03")])
 def test_clock(seconds, text):
   assert progress.clock(seconds) == text
+
+
+def test_jax_environment_must_come_before_jax():
+  code = ("import jax\nfrom lwm_plugin.demo import jax_env\n"
+          "try:\n  jax_env.configure()\nexcept RuntimeError as e:\n  print('REFUSED:', e)\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(1), capture_output=True,
+                        text=True, timeout=120, check=True)
+  assert "REFUSED: the demo must configure JAX before it is imported" in proc.stdout

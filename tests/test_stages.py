@@ -183,7 +183,7 @@ def test_tiny_chain_mirrors_the_papers_structure():
     cfg = resolve(name)
     if init.endswith("+vocab"):
       assert cfg.load_parameters_path == f"{BASE}/tiny-text-4k-vision-vocab/0/items"
-      assert resolve(init.removesuffix("+vocab")).vocab_size == 384 and cfg.vocab_size == 768
+      assert resolve(init.removesuffix("+vocab")).vocab_size == 1024 and cfg.vocab_size == 1408
     else:
       assert cfg.load_parameters_path == _final_checkpoint(init)
   assert resolve("tiny_text_1k.yml").load_parameters_path == ""
@@ -236,6 +236,6 @@ def test_tiny_chain_runs_a_text_stage_then_a_vision_stage_from_its_extended_chec
   first = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "learning/loss" in r][0]
   # Every new row is the mean text row, so the first step sees uniform vision logits: the per-modality
   # vision loss is exactly ln(vision rows) = ln(64 codes + 256) (a random head is far from uniform).
-  # The text part starts from the text stage (uniform: ln 384 = 5.95).
+  # The text part starts from the text stage (uniform: ln 1024 = 6.93).
   assert first["lwm/vision_loss"] == pytest.approx(math.log(64 + 256), abs=1e-4)
-  assert first["lwm/text_loss"] < math.log(384) - 0.25
+  assert first["lwm/text_loss"] < math.log(1024) - 0.25

@@ -72,3 +72,15 @@ def test_corpus_is_deterministic_and_readable(tmp_path, tiny_vocab):
   video = next(iter(LWMJsonlReader(first["video"], tiny_vocab)))[0]
   assert int(video["is_vision"].sum()) == spec.video_frames * (256 + 1)  # each frame closed by eof or eov
   assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave nothing behind
+
+
+@pytest.mark.parametrize("log_uniform", [False, True])
+def test_document_lengths_follow_the_spec(tmp_path, log_uniform):
+  spec = sc.CorpusSpec(seed=1, text_documents=400, retrieval_chats=0, images=0, videos=0, codebook_size=64,
+                       document_sentences=(3, 300), needles_per_document=1, log_uniform_lengths=log_uniform)
+  path = sc.generate_corpus(tmp_path, spec)["text"]
+  # Sentences per document: the filler, the needle, two filler sentences and the recall.
+  lengths = np.array([json.loads(line)["text"].count(". ") + 1 - 4 for line in path.read_text().splitlines()])
+  assert lengths.min() >= 3 and lengths.max() <= 300
+  short = np.mean(lengths < 30)  # log-uniform: ln(10)/ln(100) = half the documents; uniform: 9%
+  assert short == pytest.approx(0.5 if log_uniform else 0.09, abs=0.08)

@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+from data_loaders import tiny_data
+from data_loaders.synthetic_corpus import CorpusSpec
+
 FAST_ENV = "LWM_DEMO_FAST"
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
 
@@ -45,8 +48,9 @@ class NeedleGrid:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """The stages in order, which one the needle evaluation reads (after its HF export), the grid."""
+  """The corpus, the stages in order, which one the needle evaluation reads (after its HF export), the grid."""
   mode: str
+  corpus: CorpusSpec
   stages: tuple[Stage, ...]
   needle_model: str                # run name of the stage evaluated on needle retrieval
   grid: NeedleGrid
@@ -66,6 +70,7 @@ class Plan:
 
 FULL = Plan(
     mode="full",
+    corpus=tiny_data.DEMO_SPEC,
     stages=(
         Stage("tiny_text_1k.yml", 240),
         Stage("tiny_text_2k.yml", 80, init="tiny-text-1k"),
@@ -76,11 +81,12 @@ FULL = Plan(
         Stage("tiny_vision_chat_4k.yml", 20, init="tiny-vision-2k"),
     ),
     needle_model="tiny-text-chat-4k",
-    grid=NeedleGrid(context_lengths=(1000, 2000, 4000), depths=(0.0, 0.25, 0.5, 0.75, 1.0), rounds=2, multi=(4, 2)),
+    grid=NeedleGrid(context_lengths=(1000, 2000, 4000), depths=(0.0, 0.25, 0.5, 0.75, 1.0), rounds=1, multi=(4, 1)),
 )
 
 FAST = Plan(
     mode="fast",
+    corpus=tiny_data.SPEC,
     stages=(
         Stage("tiny_text_1k.yml", 6),
         Stage("tiny_text_2k.yml", 3, init="tiny-text-1k"),

@@ -31,9 +31,9 @@ from typing import TextIO
 
 from lwm_plugin.config_files import peek, resolve_config_file
 from lwm_plugin.demo import progress, report
+from lwm_plugin.demo.jax_env import DEVICES, configure
 from lwm_plugin.demo.plan import Plan, Stage, plan_from_env
 
-DEVICES = 4                      # the tiny chain's mesh: ici_context_parallelism 4
 OUTPUT_ENV = "LWM_DEMO_OUTPUT"
 MARKER = ".lwm_demo"             # marks a directory the demo owns (and may wipe on the next run)
 FIRST_STAGE_OVERHEAD_S = 30.0    # start-up + compile guess for the ETA until a stage has been measured
@@ -67,20 +67,6 @@ class NeedleResult:
   results: Path
   heatmap: Path
   mean: float
-
-
-def _jax_environment() -> None:
-  """4 fake CPU devices, set before JAX is first imported (the device count is fixed at import)."""
-  if "jax" in sys.modules:
-    raise DemoError("the demo must configure JAX before it is imported; run it as `python -m lwm_plugin.demo`")
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" not in flags:
-    flags += f" --xla_force_host_platform_device_count={DEVICES}"
-  if "xla_cpu_collective_call_terminate_timeout_seconds" not in flags:
-    flags += " --xla_cpu_collective_call_terminate_timeout_seconds=600"  # a loaded 2-core host is slow
-  os.environ["XLA_FLAGS"] = flags.strip()
-  os.environ["JAX_PLATFORMS"] = "cpu"
-  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _fresh_output_dir(out: Path) -> None:
@@ -124,7 +110,7 @@ class Demo:
     from data_loaders import tiny_data  # pylint: disable=import-outside-toplevel
 
     start = time.monotonic()
-    files = tiny_data.generate(self.data)
+    files = tiny_data.generate(self.data, self.plan.corpus)
     sizes = ", ".join(f"{name} {path.stat().st_size / 1024:.0f} KiB" for name, path in files.items())
     self.timings["data"] = time.monotonic() - start
     self.say(f"corpus and tokenizer in {self.data} ({sizes})")
@@ -241,15 +227,15 @@ class Demo:
 
 def main() -> int:
   try:
+    configure()
     plan = plan_from_env(os.environ)
-    _jax_environment()
     out = Path(os.environ.get(OUTPUT_ENV, "demo_output")).resolve()
     _fresh_output_dir(out)
     term = progress.terminal_stream()
     term.write(f"demo: {plan.mode} demo ({len(plan.stages)} stages) on {DEVICES} CPU devices, output in {out}; "
                f"MaxText's own output goes to {out / 'logs'}\n")
     Demo(plan, out, term).run()
-  except (DemoError, ValueError) as e:
+  except (DemoError, ValueError, RuntimeError) as e:
     print(f"demo: error: {e}", file=sys.stderr)
     return 1
   return 0
