@@ -120,7 +120,9 @@ def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, c
   log("depth \\ length " + " ".join(f"{n:>7}" for n in lengths))
   for d, row in zip(depth_list, table):
     log(f"{100 * d:>13.0f}% " + " ".join(f"{x:>7.2f}" for x in row))
-  log(f"{PROG}: mean accuracy {mean:.3f}; results {results}, heatmap {heatmap}")
+  named, digits = (float(np.mean([getattr(t, f) for t in trials])) for f in ("city_named", "digits_right"))
+  log(f"{PROG}: mean accuracy {mean:.3f} (asked city named {named:.2f}, digits right {digits:.2f}, chance 0.10); "
+      f"results {results}, heatmap {heatmap}")
   return results, heatmap, mean
 
 

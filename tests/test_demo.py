@@ -141,3 +141,33 @@ def test_jax_environment_must_come_before_jax():
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(1), capture_output=True,
                         text=True, timeout=120, check=True)
   assert "REFUSED: the demo must configure JAX before it is imported" in proc.stdout
+
+
+def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
+  import types  # pylint: disable=import-outside-toplevel
+
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from lwm_plugin.demo import report  # pylint: disable=import-outside-toplevel
+  from lwm_plugin.evaluation import needle  # pylint: disable=import-outside-toplevel
+
+  plan = demo_plan.FAST
+  stages = [types.SimpleNamespace(stage=s, context=1024, rope_theta=1e4, tokens_per_step=4096, losses=[6.0, 5.0],
+                                  text_loss=5.0, vision_loss=float("nan"), tokens_per_s=8000.0, setup_s=20.0,
+                                  wall_s=30.0) for s in plan.stages]
+  trials = [needle.Trial(n, d, 0, ["Oslo"], ["1234567"], np.zeros(3, np.int32)) for n in (500, 1000) for d in (0.0, 1.0)]
+  for t, answer in zip(trials, ["Oslo 1234567", "Oslo 1234000", "Rome 7654321", "x"]):
+    t.response, t.score = answer, needle.score_answer(answer, t.numbers)
+    t.city_named, t.digits_right = needle.partial_credit(answer, t.cities, t.numbers)
+  results = needle.write_results(tmp_path / "needle_single.json", needle.NeedleTask(), trials)
+  result = types.SimpleNamespace(task="single", results=results, heatmap=tmp_path / "needle_single.png", mean=0.25)
+  text = report.render(report.Summary(plan=plan, stages=stages, needles=[result], hf_final=tmp_path / "hf" / "a",
+                                      hf_needle=tmp_path / "hf" / "b", timings={"data": 1.0}, wall_s=100.0,
+                                      devices=4, machine="test"), tmp_path)
+  for stage in plan.stages:
+    assert f"| {stage.name} | `{stage.config}` |" in text
+  assert "| 0% | 1.00 | 0.00 |" in text and "| 100% | 0.00 | 0.00 |" in text
+  # per context length: accuracy (1 + 0) / 2 -> 0; cities (1 + 1) / 2 -> (0 + 0) / 2; digits (1 + 4/7) / 2 -> 0.
+  assert "accuracy 0.50 → 0.00" in text and "names the asked city 1.00 → 0.00" in text
+  assert "gets 0.79 → 0.07 of the number's digits right" in text
+  assert "No needle was retrieved" not in text

@@ -61,3 +61,13 @@ def test_grid_is_deterministic_and_results_are_written(vocab, tmp_path):
   assert doc["mean_accuracy"] == 0.5 and len(doc["trials"]) == 8
   png = needle.plot_heatmap(tmp_path / "h.png", grid, "test").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_partial_credit_names_cities_and_counts_digits_by_position():
+  assert needle.partial_credit("The special magic Oslo number is: 1234567.", ["Oslo"], ["1234567"]) == (1.0, 1.0)
+  named, digits = needle.partial_credit("The special magic Rome number is: 1204560.", ["Oslo"], ["1234567"])
+  assert (named, digits) == (0.0, pytest.approx(5 / 7))
+  # Several asked facts: each number against its best digit run; no digits at all scores 0.
+  assert needle.partial_credit("Oslo 7654321, Rome 1111111", ["Oslo", "Lima"], ["7654321", "1111112"]) == (
+      0.5, pytest.approx((1 + 6 / 7) / 2))
+  assert needle.partial_credit("no idea", ["Oslo"], ["1234567"]) == (0.0, 0.0)

@@ -54,13 +54,20 @@ def _stage_table(summary: Summary) -> list[str]:
 def _needle_section(result: Any, root: Path) -> list[str]:
   doc = json.loads(Path(result.results).read_text())
   lengths, depths, table = doc["context_lengths"], doc["depths"], doc["accuracy"]
-  per_length = [sum(table[i][j] for i in range(len(depths))) / len(depths) for j in range(len(lengths))]
+  def per_length(rows):
+    return [sum(rows[i][j] for i in range(len(depths))) / len(depths) for j in range(len(lengths))]
+
+  def trend(rows):
+    return " → ".join(f"{x:.2f}" for x in per_length(rows))
+
   lines = [f"### {result.task}: mean accuracy {result.mean:.2f}", "",
            "| depth \\ context | " + " | ".join(f"{n:,}" for n in lengths) + " |",
            "|---|" + "---|" * len(lengths)]
   lines += [f"| {100 * d:.0f}% | " + " | ".join(f"{x:.2f}" for x in row) + " |" for d, row in zip(depths, table)]
-  lines += ["| **mean** | " + " | ".join(f"**{x:.2f}**" for x in per_length) + " |", "",
-            f"Trend over context length: {' → '.join(f'{x:.2f}' for x in per_length)}. "
+  lines += ["| **mean** | " + " | ".join(f"**{x:.2f}**" for x in per_length(table)) + " |", "",
+            f"Trend over context length ({' → '.join(f'{n:,}' for n in lengths)} tokens): accuracy {trend(table)}; "
+            f"below that all-or-nothing score, the answer names the asked city {trend(doc['city_named'])} and gets "
+            f"{trend(doc['digits_right'])} of the number's digits right (by position; chance 0.10). "
             f"Heatmap: [{_rel(result.heatmap, root)}]({_rel(result.heatmap, root)}); every prompt, answer and "
             f"score: `{_rel(result.results, root)}`.", ""]
   examples = [t for t in doc["trials"]][:2]
@@ -93,6 +100,12 @@ def render(summary: Summary, root: Path) -> str:
            f"ring attention over {summary.devices} devices, answers decoded greedily over the text ids). A trial "
            "scores the fraction of the asked 7-digit numbers that appear in the answer (LWM's scoring). "
            "Haystacks, needles and numbers are drawn from a seed stream the training corpus never used.", ""]
+  if all(r.mean == 0.0 for r in summary.needles):
+    lines += ["**No needle was retrieved.** The tiny model (2 layers, 64 wide) learns the answer's form — the "
+              "sentence \"The special magic {city} number is: {7 digits}.\" — but in this run's training budget "
+              f"({tokens:,} tokens) it did not learn to copy the asked fact from the context; the diagnostics below "
+              "(city named, digits right against chance 0.10) show how far it is. The same configs and commands "
+              "run the paper's 7B stages (`docs/stages.md`).", ""]
   for result in summary.needles:
     lines += _needle_section(result, root)
   lines += ["## Timings", "", *[f"- {name}: {clock(s)}" for name, s in summary.timings.items()], ""]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -53,16 +54,32 @@ class Trial:
   tokens: np.ndarray
   response: str = ""
   score: float = float("nan")
+  city_named: float = float("nan")    # diagnostics below the all-or-nothing score (`partial_credit`)
+  digits_right: float = float("nan")
 
   def to_json(self) -> dict:
     return {"context_length": self.context_length, "depth": self.depth, "round": self.round,
             "prompt_tokens": int(len(self.tokens)), "cities": self.cities, "numbers": self.numbers,
-            "response": self.response, "score": self.score}
+            "response": self.response, "score": self.score, "city_named": self.city_named,
+            "digits_right": self.digits_right}
 
 
 def score_answer(response: str, numbers: Sequence[str]) -> float:
   """Fraction of the asked numbers that appear in the response (LWM: substring match)."""
   return sum(n in response for n in numbers) / len(numbers)
+
+
+def partial_credit(response: str, cities: Sequence[str], numbers: Sequence[str]) -> tuple[float, float]:
+  """(fraction of the asked cities the response names, fraction of the asked numbers' digits it gets
+  right). A number's digits are compared position by position with the best-matching digit run of
+  the response (chance: 0.1). Diagnostics for models below LWM's all-or-nothing score: they show
+  whether a model names the asked fact and copies part of its number.
+  """
+  runs = re.findall(r"\d+", response)
+  named = sum(city in response for city in cities) / len(cities)
+  digits = [max((sum(a == b for a, b in zip(run, number)) / len(number) for run in runs), default=0.0)
+            for number in numbers]
+  return named, float(np.mean(digits))
 
 
 def _prompt_tokens(vocab: MultimodalVocab, sentences: list[str], needles: list[corpus.Needle],
@@ -128,16 +145,17 @@ def run_grid(trials: list[Trial], generate: Callable[[list[np.ndarray], int], li
   for group in by_length.values():
     for trial, text in zip(group, generate([t.tokens for t in group], answer_budget(task))):
       trial.response, trial.score = text, score_answer(text, trial.numbers)
+      trial.city_named, trial.digits_right = partial_credit(text, trial.cities, trial.numbers)
 
 
-def accuracy_table(trials: Sequence[Trial]) -> tuple[list[int], list[float], np.ndarray]:
-  """(context lengths, depths, mean score [depths x lengths])."""
+def accuracy_table(trials: Sequence[Trial], field: str = "score") -> tuple[list[int], list[float], np.ndarray]:
+  """(context lengths, depths, mean of `field` [depths x lengths]); `field`: score, city_named, digits_right."""
   lengths = sorted({t.context_length for t in trials})
   depths = sorted({t.depth for t in trials})
   table = np.zeros((len(depths), len(lengths)))
   for i, d in enumerate(depths):
     for j, n in enumerate(lengths):
-      table[i, j] = np.mean([t.score for t in trials if t.depth == d and t.context_length == n])
+      table[i, j] = np.mean([getattr(t, field) for t in trials if t.depth == d and t.context_length == n])
   return lengths, depths, table
 
 
@@ -158,6 +176,7 @@ def write_results(path: str | os.PathLike, task: NeedleTask, trials: Sequence[Tr
   lengths, depths, table = accuracy_table(trials)
   doc = {"task": dataclasses.asdict(task), "context_lengths": lengths, "depths": depths,
          "accuracy": table.tolist(), "mean_accuracy": float(np.mean([t.score for t in trials])),
+         **{field: accuracy_table(trials, field)[2].tolist() for field in ("city_named", "digits_right")},
          "trials": [t.to_json() for t in trials]}
 
   def write(tmp: str) -> None:
