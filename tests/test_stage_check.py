@@ -45,6 +45,10 @@ def test_report_fits_only_when_compiled_within_hbm():
   assert json.loads(ok.to_json())["fits"] is True
   over = CompileReport(**base, compiled=True, argument_bytes=GIB, temp_bytes=32 * GIB)
   assert not over.fits and "DOES NOT FIT" in "\n".join(over.lines())
+  ring = CompileReport(**{**base, "attention": "ring", "ring_impl": "auto", "ring_hop": "mosaic"}, compiled=True,
+                       argument_bytes=GIB, temp_bytes=GIB, collective_permutes=78, tpu_custom_calls=16, ring_kernels=16)
+  assert "attention ring (auto: mosaic hop)" in ring.lines()[0]
+  assert "78 collective-permute, 16 tpu_custom_call (16 ring hop kernels)" in ring.lines()[3]
   refused = CompileReport(**base, compiled=False, required_bytes=655 * GIB, available_bytes=int(30.75 * GIB))
   assert not refused.fits and "needs 655.00 GiB of temporaries, 30.75 GiB of HBM" in "\n".join(refused.lines())
 
