@@ -60,7 +60,8 @@ class CompileReport:
   chips: int
   mesh: dict[str, int]                 # mesh axes of size > 1
   attention: str
-  ring_hop: str | None                 # the ring hop implementation compiled (ring stages)
+  ring_impl: str | None                # lwm_ring_impl as configured (ring stages)
+  ring_hop: str | None                 # the kernels it compiled to for the target ("mosaic", "xla", ...)
   seq_len: int
   sequences_per_step: int
   compiled: bool                       # False: the compiler refused it (out of memory) or failed
@@ -71,6 +72,7 @@ class CompileReport:
   model_flops_per_step: float = 0.0
   collective_permutes: int | None = None
   tpu_custom_calls: int | None = None
+  ring_kernels: int | None = None      # of those, the ring hop's Mosaic kernels
   compile_seconds: float = 0.0
   error: str | None = None
 
@@ -101,7 +103,7 @@ class CompileReport:
   def lines(self) -> list[str]:
     """The human-readable report."""
     mesh = " x ".join(f"{axis} {size}" for axis, size in self.mesh.items()) or "one device"
-    attention = f"{self.attention} ({self.ring_hop} hop)" if self.ring_hop else self.attention
+    attention = f"{self.attention} ({self.ring_impl}: {self.ring_hop} hop)" if self.ring_hop else self.attention
     out = [f"{self.config_file} (stage {self.stage or '?'}) on {self.topology}: {self.chips} chips, mesh {mesh}, "
            f"attention {attention}",
            f"  step: {self.sequences_per_step} sequences x {self.seq_len} tokens = {self.tokens_per_step:,} tokens; "
@@ -110,8 +112,9 @@ class CompileReport:
     if self.compiled:
       out.append(f"  per chip: arguments {self.argument_bytes / GIB:.2f} GiB + temporaries {self.temp_bytes / GIB:.2f} "
                  f"GiB = {self.per_chip_bytes / GIB:.2f} GiB of {hbm}: {'fits' if self.fits else 'DOES NOT FIT'}")
+      ring = f" ({self.ring_kernels} ring hop kernels)" if self.ring_hop else ""
       out.append(f"  compiled in {self.compile_seconds:.0f} s; HLO: {self.collective_permutes} collective-permute, "
-                 f"{self.tpu_custom_calls} tpu_custom_call")
+                 f"{self.tpu_custom_calls} tpu_custom_call{ring}")
     elif self.required_bytes is not None:
       out.append(f"  per chip: DOES NOT FIT: the compiler needs {self.required_bytes / GIB:.2f} GiB of temporaries, "
                  f"{self.available_bytes / GIB:.2f} GiB of HBM are available to it ({hbm})")

@@ -201,6 +201,17 @@ def test_pallas_interprets_on_cpu():
   assert "custom_call" not in cpu and "while" in cpu  # the interpreter's grid loop
 
 
+def test_kernels_for_names_what_the_compile_target_gets():
+  # An ahead-of-time compile for a TPU topology from this CPU host gets the Mosaic kernels.
+  assert [ring.kernels_for("auto", p) for p in ("tpu", "cuda", "gpu", "cpu")] == ["mosaic", "triton", "triton", "xla"]
+  assert [ring.kernels_for("pallas", p) for p in ("tpu", "rocm", "cpu")] == ["mosaic", "triton", "mosaic (interpreted)"]
+  assert ring.kernels_for("xla", "tpu") == "xla" and ring.kernels_for("pallas_gpu", "cpu") == "triton (interpreted)"
+  with pytest.raises(ValueError, match=r"'pallas_tpu' has no kernels for platform 'gpu'"):
+    ring.kernels_for("pallas_tpu", "gpu")
+  with pytest.raises(ValueError, match="expected one of"):
+    ring.kernels_for("mosaic", "tpu")
+
+
 def test_kernel_families_refuse_the_other_accelerator(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
   with pytest.raises(NotImplementedError, match=r"pallas_gpu has kernels for \['cpu', 'cuda', 'rocm'\], not .*'tpu'"):

@@ -37,7 +37,7 @@ def test_report_fits_only_when_compiled_within_hbm():
   assert hbm_bytes("v4-512") == hbm_bytes("v4-1024") == 32 * GIB and hbm_bytes("v5p-128") == 95 * GIB
   assert hbm_bytes("tpu7x-64") is None
   base = dict(config_file="s.yml", stage="s", topology="v4-512", chips=256, mesh={"fsdp": 64, "tensor": 4},
-              attention="flash", ring_hop=None, seq_len=32768, sequences_per_step=128, model_flops_per_step=2.7e17)
+              attention="flash", ring_impl=None, ring_hop=None, seq_len=32768, sequences_per_step=128, model_flops_per_step=2.7e17)
   ok = CompileReport(**base, compiled=True, argument_bytes=GIB, temp_bytes=20 * GIB, collective_permutes=3,
                      tpu_custom_calls=4, compile_seconds=40)
   assert ok.fits and ok.per_chip_bytes == 21 * GIB and ok.tokens_per_step == 2**22
@@ -45,6 +45,10 @@ def test_report_fits_only_when_compiled_within_hbm():
   assert json.loads(ok.to_json())["fits"] is True
   over = CompileReport(**base, compiled=True, argument_bytes=GIB, temp_bytes=32 * GIB)
   assert not over.fits and "DOES NOT FIT" in "\n".join(over.lines())
+  ring = CompileReport(**{**base, "attention": "ring", "ring_impl": "auto", "ring_hop": "mosaic"}, compiled=True,
+                       argument_bytes=GIB, temp_bytes=GIB, collective_permutes=78, tpu_custom_calls=16, ring_kernels=16)
+  assert "attention ring (auto: mosaic hop)" in ring.lines()[0]
+  assert "78 collective-permute, 16 tpu_custom_call (16 ring hop kernels)" in ring.lines()[3]
   refused = CompileReport(**base, compiled=False, required_bytes=655 * GIB, available_bytes=int(30.75 * GIB))
   assert not refused.fits and "needs 655.00 GiB of temporaries, 30.75 GiB of HBM" in "\n".join(refused.lines())
 
@@ -70,7 +74,9 @@ def test_text_1m_with_two_layers_compiles_the_ring_for_v4_512_and_fits(tmp_path)
   r = _check(["lwm_text_1m.yml", "base_num_decoder_layers=2"], tmp_path)
   assert (r["chips"], r["mesh"]) == (256, {"fsdp": 4, "context": 4, "tensor": 16})
   assert r["seq_len"] == 2**20 and r["sequences_per_step"] == 4
-  assert (r["attention"], r["ring_hop"]) == ("ring", "xla")
+  # lwm_ring_impl: auto compiles the Mosaic kernels for the TPU target although this host is a CPU.
+  assert (r["attention"], r["ring_impl"], r["ring_hop"]) == ("ring", "auto", "mosaic")
   assert r["compiled"] and r["fits"], r
   assert r["collective_permutes"] > 0   # the ring's K/V hops
+  assert r["ring_kernels"] == r["tpu_custom_calls"] > 0   # ring_hop_fwd, ring_hop_dq, ring_hop_dkv
   assert r["model_flops_per_step"] == pytest.approx(_model_flops(2, 2**20, 2**22), rel=1e-3)

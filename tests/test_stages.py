@@ -1,19 +1,22 @@
-"""The paper's 14 stage YAMLs and the tiny CPU chain: resolved values against the paper's tables,
-the initialisation chain, the model/stage key split, headers and the data-directory error."""
+"""The paper's 14 stage YAMLs and the tiny CPU chain: the values `lwm-train STAGE.yml --print-config`
+resolves against the paper's tables, the initialisation chain, the model/stage key split, headers
+and the data-directory error."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 import maxtext_configs
-from conftest import read_metrics, run_lwm_train, subprocess_env
+from conftest import read_metrics, run_lwm_train, run_python, subprocess_env
 from lwm_plugin import integration
 from lwm_plugin.config_files import config_chain, uses_data_dir
 from lwm_plugin.train import _topology
@@ -76,15 +79,29 @@ TINY_INIT = {"tiny_text_2k.yml": "tiny_text_1k.yml", "tiny_text_4k.yml": "tiny_t
              "tiny_text_chat_4k.yml": "tiny_text_4k.yml", "tiny_vision_1k.yml": "tiny_text_4k.yml+vocab",
              "tiny_vision_2k.yml": "tiny_vision_1k.yml", "tiny_vision_chat_4k.yml": "tiny_vision_2k.yml"}
 BASE = "gs://bucket/lwm"
-_resolved: dict[str, object] = {}
+_resolved: dict[str, types.SimpleNamespace] = {}
 
 
-def resolve(name: str):
-  """The stage as `lwm-train NAME --print-config` resolves it (on its paper pod), base_output_directory=BASE."""
-  if name not in _resolved:
-    path = str(maxtext_configs.config_path(name))
-    overrides = [f"base_output_directory={BASE}"]
-    _resolved[name] = integration.resolve_config(["test", path, *overrides, *_topology(path, overrides)])
+def resolve(name: str) -> types.SimpleNamespace:
+  """The stage as `lwm-train NAME base_output_directory=BASE --print-config` prints it (on its paper pod).
+
+  The command line itself, for every paper and tiny stage in one subprocess on the first call.
+  """
+  if not _resolved:
+    names = [*PAPER, *TINY]
+    proc = run_python(f"""
+from lwm_plugin import train
+for name in {names!r}:
+  print("STAGE=" + name, flush=True)
+  assert train.main([name, "base_output_directory={BASE}", "--print-config"]) == 0, name
+""")
+    current = None
+    for line in proc.stdout.splitlines():
+      if line.startswith("STAGE="):
+        current = line.removeprefix("STAGE=")
+      elif line.startswith("{") and current:
+        _resolved[current] = types.SimpleNamespace(**json.loads(line))
+    assert set(_resolved) == set(names), proc.stdout[-3000:]
   return _resolved[name]
 
 
@@ -102,7 +119,7 @@ def test_resolved_values_are_the_papers(name):
   assert cfg.steps == paper.steps
   assert cfg.learning_rate == paper.max_lr
   assert cfg.learning_rate * cfg.learning_rate_final_fraction == pytest.approx(paper.min_lr, rel=1e-9)
-  assert cfg.lr_schedule_type.value == "cosine"   # final fraction 1.0: linear warmup, then constant
+  assert cfg.lr_schedule_type == "cosine"   # final fraction 1.0: linear warmup, then constant
   assert int(cfg.learning_rate_schedule_steps * cfg.warmup_steps_fraction) == paper.warmup   # MaxText's rule
   assert cfg.lwm_topology == paper.topology and cfg.num_target_devices == paper.chips
   assert cfg.global_batch_size_to_train_on * cfg.max_target_length == paper.tokens_per_batch
@@ -111,9 +128,9 @@ def test_resolved_values_are_the_papers(name):
   assert (cfg.ici_data_parallelism, fsdp_resolved, cfg.ici_tensor_parallelism, cfg.ici_context_parallelism) == \
       (dp, fsdp, tp, sp)
   assert (cfg.attention == "ring") == (sp > 1)
-  assert cfg.dtype.value == "float32" and cfg.weight_dtype.value == "float32"   # "Precision: float32"
+  assert cfg.dtype == "float32" and cfg.weight_dtype == "float32"   # "Precision: float32"
   # LWM's optimizer (lwm_base.yml).
-  assert (cfg.opt_type.value, cfg.adam_b1, cfg.adam_b2, cfg.adam_weight_decay, cfg.gradient_clipping_threshold) == \
+  assert (cfg.opt_type, cfg.adam_b1, cfg.adam_b2, cfg.adam_weight_decay, cfg.gradient_clipping_threshold) == \
       ("adamw", 0.9, 0.95, 0.1, 1.0)
   assert list(cfg.adamw_mask) == []
   assert cfg.vocab_size == (40448 if name.startswith("lwm_vision") else 32000)

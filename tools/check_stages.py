@@ -4,9 +4,10 @@
 
 Runs `lwm-train STAGE.yml --check --json` for each stage (default: the 14 `lwm_*.yml` stages) in its
 own process, one after another, and prints a Markdown table: per-chip memory (arguments +
-temporaries) against v4 HBM, whether it fits, FLOPs per step, the ring hop compiled, the HLO
-collective-permute / tpu_custom_call counts and the compile time. Each stage takes from under a
-minute to several minutes on a 2-core host; the whole table takes about an hour there.
+temporaries) against v4 HBM, whether it fits, FLOPs per step, the ring hop compiled (`lwm_ring_impl`:
+kernels), the HLO collective-permute / tpu_custom_call counts (of which ring hop kernels) and the
+compile time. Each stage takes from under a minute to several minutes on a 2-core host; the whole
+table takes about an hour there.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ def row(r: dict) -> str:
   if "stage" not in r:
     return f"| {name} | | | | | | | failed: {r['error']} | |"
   mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items())
-  attention = f"ring ({r['ring_hop']} hop)" if r["ring_hop"] else r["attention"]
+  attention = f"ring ({r['ring_impl']}: {r['ring_hop']} hop)" if r["ring_hop"] else r["attention"]
   if r["compiled"]:
     memory = f"{r['argument_bytes'] / GIB:.2f} + {r['temp_bytes'] / GIB:.2f} = {r['per_chip_bytes'] / GIB:.2f}"
-    hlo = f"{r['collective_permutes']} / {r['tpu_custom_calls']}"
+    ring = f" ({r['ring_kernels']} ring)" if r["ring_hop"] else ""
+    hlo = f"{r['collective_permutes']} / {r['tpu_custom_calls']}{ring}"
   else:
     memory = f"needs {r['required_bytes'] / GIB:.1f} (compiler: {r['available_bytes'] / GIB:.2f} available)"
     hlo = "-"

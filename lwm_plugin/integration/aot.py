@@ -7,6 +7,11 @@ attention are in it, for `compile_topology` through libtpu; no TPU is needed, an
 captures the compiled object as `jit_and_compile` returns it; the report (`stage_check`) reads its
 memory analysis and optimized HLO. When the program does not fit, the TPU compiler raises
 RESOURCE_EXHAUSTED with its figures, which become the report.
+
+The ring hop is named for the compile target, not the host: `lwm_ring_impl: auto` lowers to the
+Mosaic kernels for a TPU topology even on a CPU host (`jax.lax.platform_dependent` decides at
+lowering), and the report checks the compiled HLO for those kernels (`ring_hop_fwd`, `ring_hop_dq`,
+`ring_hop_dkv` tpu_custom_calls), raising if it disagrees with the hop it names.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from typing import Any, Sequence
 
 import jax
-from maxtext.utils import maxtext_utils
+from maxtext.utils import accelerator_to_spec_map, maxtext_utils
 
 from lwm_plugin.stage_check import CompileReport, parse_oom
 
@@ -40,6 +45,7 @@ class Captured:
 _CAPTURED: list[Captured] = []
 _PERMUTE = re.compile(r"\scollective-permute(?:-start)?\(")
 _TPU_CUSTOM_CALL = re.compile(r'custom_call_target="tpu_custom_call"')
+_RING_KERNEL = re.compile(r"ring_hop_(?:fwd|dq|dkv)\b")
 
 
 def capture_compiled(original):
@@ -57,11 +63,31 @@ def capture_compiled(original):
   return jit_and_compile
 
 
+def _target_platform(config: Any) -> str:
+  """The platform the train step is compiled for ("tpu" for a TPU topology), not this host's."""
+  return accelerator_to_spec_map.get_system_characteristics(config.compile_topology).platform
+
+
 def _ring_hop(config: Any) -> str | None:
+  """The ring hop kernels `lwm_ring_impl` compiles to on the compile target ("auto" on TPU: "mosaic")."""
   if config.attention != "ring":
     return None
   from lwm_plugin.kernels.ring import ring  # pylint: disable=import-outside-toplevel
-  return ring.resolve_impl(config.lwm_ring_impl).name
+  return ring.kernels_for(config.lwm_ring_impl, _target_platform(config))
+
+
+def _ring_kernels(hlo: str) -> int:
+  """The ring hop's Mosaic kernels (forward, dq, dk/dv) among the HLO's tpu_custom_calls."""
+  return sum(1 for line in hlo.splitlines() if _TPU_CUSTOM_CALL.search(line) and _RING_KERNEL.search(line))
+
+
+def _check_ring_kernels(hop: str | None, count: int) -> None:
+  """Raises if the compiled HLO disagrees with the hop the report names (no silent fallback)."""
+  if hop == "mosaic" and count == 0:
+    raise RuntimeError("the ring hop should compile to the Mosaic kernels (ring_hop_fwd, ring_hop_dq, ring_hop_dkv), "
+                       "but the compiled train step has none")
+  if hop != "mosaic" and count:
+    raise RuntimeError(f"the ring hop should compile to {hop!r}, but the train step has {count} Mosaic ring kernels")
 
 
 def _mesh_of(config: Any) -> dict[str, int]:
@@ -79,7 +105,8 @@ def compile_train_step(argv: Sequence[str], config: Any, config_file: str, seam)
   chips = int(config.num_target_devices)
   flops = maxtext_utils.calculate_tflops_training_per_device(config, log=False)[0] * 1e12 * chips
   base = dict(config_file=config_file, stage=config.lwm_stage, topology=config.compile_topology, chips=chips,
-              attention=str(config.attention), ring_hop=_ring_hop(config), seq_len=int(config.max_target_length),
+              attention=str(config.attention), ring_impl=config.lwm_ring_impl if config.attention == "ring" else None,
+              ring_hop=_ring_hop(config), seq_len=int(config.max_target_length),
               sequences_per_step=int(config.global_batch_size_to_train_on), model_flops_per_step=flops)
   _CAPTURED.clear()
   start = time.perf_counter()
@@ -104,6 +131,9 @@ def compile_train_step(argv: Sequence[str], config: Any, config_file: str, seam)
   memory = captured.compiled.memory_analysis()
   hlo = captured.compiled.as_text()
   mesh = {axis: int(size) for axis, size in captured.mesh.shape.items() if size > 1}
+  ring_kernels = _ring_kernels(hlo)
+  _check_ring_kernels(base["ring_hop"], ring_kernels)
   return CompileReport(**base, mesh=mesh, compiled=True, argument_bytes=int(memory.argument_size_in_bytes),
                        temp_bytes=int(memory.temp_size_in_bytes), collective_permutes=len(_PERMUTE.findall(hlo)),
-                       tpu_custom_calls=len(_TPU_CUSTOM_CALL.findall(hlo)), compile_seconds=captured.seconds)
+                       tpu_custom_calls=len(_TPU_CUSTOM_CALL.findall(hlo)), ring_kernels=ring_kernels,
+                       compile_seconds=captured.seconds)

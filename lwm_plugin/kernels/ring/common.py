@@ -181,3 +181,16 @@ class HopImpl:
   fwd: HopFwd
   bwd: HopBwd
   available: Callable[[], str | None] = lambda: None  # None, or why it cannot run here
+  # The kernels it compiles to per lowering platform, ((platform, kernels), ...) with "*" for every other
+  # platform; empty: `name` on every platform. What `--check` reports for a compile target.
+  kernels: tuple[tuple[str, str], ...] = ()
+
+  def kernels_for(self, platform: str) -> str:
+    """The kernels this hop compiles to when lowered for `platform` ("tpu", "cuda", "rocm", "gpu", "cpu")."""
+    if not self.kernels:
+      return self.name
+    table = dict(self.kernels)
+    for key in (platform, *(("cuda", "rocm") if platform == "gpu" else ()), "*"):
+      if key in table:
+        return table[key]
+    raise ValueError(f"ring hop {self.name!r} has no kernels for platform {platform!r} (it has {sorted(table)})")

@@ -10,7 +10,8 @@ Implementations (selected with `ring_attention(..., impl=NAME)`):
 The choice is `jax.lax.platform_dependent`, made when the program is lowered for its platform, so
 nothing is decided at import and an ahead-of-time compile for a TPU topology from a CPU host gets
 the Mosaic kernels (the tests check the compiled HLO for `tpu_custom_call`). Every branch is traced;
-only the one for the lowering platform is lowered.
+only the one for the lowering platform is lowered. `HopImpl.kernels_for(platform)` names the kernels
+a platform gets ("mosaic", "triton", "xla", "mosaic (interpreted)", ...), for reports.
 
 `hop_attention` is one hop as a plain differentiable op (`jax.custom_vjp` over the hop's forward and
 backward kernels): attention of queries against keys with their own segment ids and positions. It
@@ -20,6 +21,7 @@ is what the benchmarks time, and the single-device reference for the kernels' nu
 from __future__ import annotations
 
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,17 +29,26 @@ import jax.numpy as jnp
 from lwm_plugin.kernels.ring import hop_pallas_gpu, hop_pallas_tpu, hop_xla
 from lwm_plugin.kernels.ring.common import BlockSizes, HopImpl
 
-_TPU = (hop_pallas_tpu.hop_fwd, hop_pallas_tpu.hop_bwd)
-_GPU = (hop_pallas_gpu.hop_fwd, hop_pallas_gpu.hop_bwd)
-_XLA = (hop_xla.hop_fwd, hop_xla.hop_bwd)
+class _Kernels(NamedTuple):
+  """One kernel family: its hop forward and backward, and its name in reports."""
+
+  fwd: Callable
+  bwd: Callable
+  label: str
 
 
-def _interpreted(pair):
-  return tuple(functools.partial(f, interpret=True) for f in pair)
+_TPU = _Kernels(hop_pallas_tpu.hop_fwd, hop_pallas_tpu.hop_bwd, "mosaic")
+_GPU = _Kernels(hop_pallas_gpu.hop_fwd, hop_pallas_gpu.hop_bwd, "triton")
+_XLA = _Kernels(hop_xla.hop_fwd, hop_xla.hop_bwd, "xla")
 
 
-def _dispatch(name: str, per_platform: dict[str, tuple], default: tuple | None = None) -> HopImpl:
-  """A HopImpl whose forward and backward each pick their (fwd, bwd) pair by lowering platform."""
+def _interpreted(kernels: _Kernels) -> _Kernels:
+  return _Kernels(functools.partial(kernels.fwd, interpret=True), functools.partial(kernels.bwd, interpret=True),
+                  f"{kernels.label} (interpreted)")
+
+
+def _dispatch(name: str, per_platform: dict[str, _Kernels], default: _Kernels | None = None) -> HopImpl:
+  """A HopImpl whose forward and backward each pick their kernels by lowering platform."""
 
   def pick(index: int):
 
@@ -49,12 +60,14 @@ def _dispatch(name: str, per_platform: dict[str, tuple], default: tuple | None =
 
     return run
 
-  if default is not None:
-    return HopImpl(name=name, fwd=pick(0), bwd=pick(1))  # runs everywhere
-  return HopImpl(name=name, fwd=pick(0), bwd=pick(1), available=functools.partial(_available, name, per_platform))
+  kernels = tuple((platform, pair.label) for platform, pair in per_platform.items())
+  if default is not None:  # runs everywhere
+    return HopImpl(name=name, fwd=pick(0), bwd=pick(1), kernels=(*kernels, ("*", default.label)))
+  return HopImpl(name=name, fwd=pick(0), bwd=pick(1), available=functools.partial(_available, name, per_platform),
+                 kernels=kernels)
 
 
-def _available(name: str, per_platform: dict[str, tuple]) -> str | None:
+def _available(name: str, per_platform: dict[str, _Kernels]) -> str | None:
   backend = jax.default_backend()
   platforms = set(per_platform) | ({"gpu"} if {"cuda", "rocm"} & set(per_platform) else set())
   if backend in platforms:

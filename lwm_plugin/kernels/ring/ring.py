@@ -25,7 +25,8 @@ input dtypes.
 Hop implementations are looked up by name (`HOP_IMPLS`, `register_hop_impl`): "xla" (`hop_xla`), and
 the Pallas kernels "pallas", "pallas_tpu", "pallas_gpu" (`hop_pallas`). "auto" takes the Mosaic
 kernels on TPU, the Triton kernels on GPU and "xla" elsewhere, decided when the program is lowered
-for its platform (`jax.lax.platform_dependent`), never at import.
+for its platform (`jax.lax.platform_dependent`), never at import; `kernels_for(impl, platform)` names
+the kernels a platform gets.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ def resolve_impl(impl: str) -> HopImpl:
   if why_not:
     raise NotImplementedError(f"ring attention impl={impl!r} cannot run here: {why_not}")
   return found
+
+
+def kernels_for(impl: str, platform: str) -> str:
+  """The kernels `impl` compiles to in a program lowered for `platform` ("tpu", "gpu", "cpu", ...).
+
+  For reports of ahead-of-time compiles, whose target is not this host: "auto" for "tpu" is "mosaic".
+  """
+  if impl != "auto" and impl not in HOP_IMPLS:
+    raise ValueError(f"impl={impl!r}: expected one of {sorted(set(IMPLS) | set(HOP_IMPLS))}")
+  return (hop_pallas.AUTO if impl == "auto" else HOP_IMPLS[impl]).kernels_for(platform)
 
 
 @dataclasses.dataclass(frozen=True)
