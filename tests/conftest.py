@@ -57,3 +57,18 @@ def tiny_lwm_data(tmp_path_factory) -> Path:
   out = tmp_path_factory.mktemp("tiny") / "tiny_lwm_data"
   tiny_data.generate(out)
   return out
+
+
+@pytest.fixture(scope="session")
+def corpus_vocab():
+  """A 400-piece tokenizer for the synthetic corpus's sentences (filler, needles, questions, captions,
+  the chat template's words) with a 64-code vision block: fast to build, enough for prompt tests."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from data_loaders import synthetic_corpus as sc  # pylint: disable=import-outside-toplevel
+  from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece  # pylint: disable=import-outside-toplevel
+
+  lines = sc.filler_sentences(np.random.default_rng(0), 300) + [sc.needle_sentence(c, "1234567") for c in sc.CITIES]
+  lines += [sc.needle_question([c]) for c in sc.CITIES]
+  lines += ["a red circle at the top left on a blue background", "You are a helpful assistant. USER: ASSISTANT:"]
+  return MultimodalVocab.from_model_proto(train_sentencepiece(lines, vocab_size=400), codebook_size=64)

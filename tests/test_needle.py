@@ -7,15 +7,6 @@ import pytest
 
 from data_loaders import synthetic_corpus as sc
 from lwm_plugin.evaluation import needle
-from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece
-
-
-@pytest.fixture(scope="module")
-def vocab():
-  rng = np.random.default_rng(1)
-  lines = sc.filler_sentences(rng, 300) + [sc.needle_sentence(c, "1234567") for c in sc.CITIES]
-  lines += [sc.needle_question([c]) for c in sc.CITIES] + ["You are a helpful assistant. USER: ASSISTANT:"]
-  return MultimodalVocab.from_model_proto(train_sentencepiece(lines, vocab_size=400), codebook_size=64)
 
 
 def test_score_is_the_fraction_of_numbers_found():
@@ -25,11 +16,11 @@ def test_score_is_the_fraction_of_numbers_found():
 
 
 @pytest.mark.parametrize("task", [needle.NeedleTask(1, 1), needle.NeedleTask(4, 2)], ids=lambda t: t.name)
-def test_prompts_fit_and_carry_the_needles_at_their_depth(vocab, task):
+def test_prompts_fit_and_carry_the_needles_at_their_depth(corpus_vocab, task):
   for depth in (0.0, 0.5, 1.0):
-    trial = needle.build_trial(vocab, task, 512, depth, np.random.default_rng(7), 0)
+    trial = needle.build_trial(corpus_vocab, task, 512, depth, np.random.default_rng(7), 0)
     assert 480 <= len(trial.tokens) <= 512  # filled up to the budget, never over it
-    text = vocab.decode_text(trial.tokens[1:])  # after BOS
+    text = corpus_vocab.decode_text(trial.tokens[1:])  # after BOS
     assert text.startswith("You are a helpful assistant. USER:") and text.endswith("ASSISTANT:")
     haystack = text.split("USER:")[1]
     body = haystack[:haystack.index(" What ")]  # the document before the question
@@ -39,13 +30,13 @@ def test_prompts_fit_and_carry_the_needles_at_their_depth(vocab, task):
       assert sc.needle_sentence(city, number) in haystack
     assert len(trial.numbers) == task.n_asked
   with pytest.raises(ValueError, match="too short"):
-    needle.build_trial(vocab, task, 20, 0.5, np.random.default_rng(0), 0)
+    needle.build_trial(corpus_vocab, task, 20, 0.5, np.random.default_rng(0), 0)
 
 
-def test_grid_is_deterministic_and_results_are_written(vocab, tmp_path):
+def test_grid_is_deterministic_and_results_are_written(corpus_vocab, tmp_path):
   task = needle.NeedleTask(1, 1)
-  grid = needle.build_grid(vocab, task, [256, 512], [0.0, 1.0], rounds=2, seed=3)
-  again = needle.build_grid(vocab, task, [256, 512], [0.0, 1.0], rounds=2, seed=3)
+  grid = needle.build_grid(corpus_vocab, task, [256, 512], [0.0, 1.0], rounds=2, seed=3)
+  again = needle.build_grid(corpus_vocab, task, [256, 512], [0.0, 1.0], rounds=2, seed=3)
   assert len(grid) == 8 and all(np.array_equal(a.tokens, b.tokens) for a, b in zip(grid, again))
   by_prompt = {id(t.tokens): t for t in grid}
 

@@ -7,15 +7,6 @@ import pytest
 
 from data_loaders import synthetic_corpus as sc
 from data_loaders.lwm_format import FormatOptions, LWMJsonlReader
-from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece
-
-
-@pytest.fixture(scope="module")
-def tiny_vocab():
-  rng = np.random.default_rng(0)
-  lines = sc.filler_sentences(rng, 300) + [sc.needle_sentence(c, "1234567") for c in sc.CITIES]
-  lines += [sc.needle_question([c]) for c in sc.CITIES] + ["a red circle at the top left on a blue background"]
-  return MultimodalVocab.from_model_proto(train_sentencepiece(lines, vocab_size=400), codebook_size=64)
 
 
 def test_needle_format_is_the_papers():
@@ -56,7 +47,7 @@ def test_video_moves_one_cell_per_frame():
   assert np.array_equal(np.roll(frames[0], step, axis=axis), frames[1])
 
 
-def test_corpus_is_deterministic_and_readable(tmp_path, tiny_vocab):
+def test_corpus_is_deterministic_and_readable(tmp_path, corpus_vocab):
   spec = sc.CorpusSpec(seed=5, text_documents=3, retrieval_chats=4, images=3, videos=2, codebook_size=64,
                        document_sentences=(5, 10))
   first = sc.generate_corpus(tmp_path / "a", spec)
@@ -64,12 +55,12 @@ def test_corpus_is_deterministic_and_readable(tmp_path, tiny_vocab):
   for name, path in first.items():
     assert path.read_bytes() == second[name].read_bytes(), name
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    examples = list(LWMJsonlReader(path, tiny_vocab, options=FormatOptions()))
+    examples = list(LWMJsonlReader(path, corpus_vocab, options=FormatOptions()))
     assert len(examples) == len(rows) > 0
   chat = json.loads(first["retrieval_chat"].read_text().splitlines()[0])["messages"]
   for sentence in chat[1]["content"].split(". "):  # the answer repeats the asked needle sentences
     assert sentence.rstrip(".") + "." in chat[0]["content"]
-  video = next(iter(LWMJsonlReader(first["video"], tiny_vocab)))[0]
+  video = next(iter(LWMJsonlReader(first["video"], corpus_vocab)))[0]
   assert int(video["is_vision"].sum()) == spec.video_frames * (256 + 1)  # each frame closed by eof or eov
   assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave nothing behind
 
