@@ -80,9 +80,10 @@ def maxtext_checkpoint(model: str, config_file: str, overrides: Sequence[str], w
 
 
 def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, context_lengths: Sequence[int],
-                    depths: Sequence[float], task, rounds: int, seed: int, output: str | Path,
-                    log=print) -> tuple[Path, Path, float]:
-  """Runs the grid for a `needle.NeedleTask`; returns (results JSON, heatmap PNG, mean accuracy)."""
+                    depths: Sequence[float], tasks, rounds: int, seed: int, output: str | Path,
+                    log=print) -> list[tuple[Path, Path, float]]:
+  """Runs the grid for each `needle.NeedleTask` in `tasks` with one model (imported and compiled once);
+  returns (results JSON, heatmap PNG, mean accuracy) per task."""
   from lwm_plugin.evaluation import needle  # pylint: disable=import-outside-toplevel
   from lwm_plugin import integration  # pylint: disable=import-outside-toplevel  (imports MaxText)
   from lwm_plugin.integration.inference import GreedyDecoder, load_config  # pylint: disable=import-outside-toplevel
@@ -91,7 +92,7 @@ def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, c
   out = Path(output)
   out.mkdir(parents=True, exist_ok=True)
   checkpoint = maxtext_checkpoint(model, config_file, overrides, out)
-  longest = max(context_lengths) + needle.answer_budget(task)
+  longest = max(context_lengths) + max(needle.answer_budget(task) for task in tasks)
   config = load_config([PROG, config_file, "run_name=lwm_eval", "enable_checkpointing=false",
                         f"load_parameters_path={checkpoint}", *overrides,
                         *([] if any(o.startswith("max_target_length=") for o in overrides)
@@ -101,8 +102,6 @@ def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, c
   integration.install()
   decoder = GreedyDecoder(config)
   text_ids = np.arange(vocab.text_size)  # the answer is text: greedy over the text ids only
-  trials = needle.build_grid(vocab, task, context_lengths, depths, rounds, seed)
-  log(f"{PROG}: {task.name}, {len(trials)} prompts, model {checkpoint}, attention {config.attention}")
 
   def generate(prompts, max_new_tokens):
     start = time.time()
@@ -111,7 +110,19 @@ def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, c
         f"{time.time() - start:.1f} s")
     return [vocab.decode_text([int(t) for t in o if t != vocab.eos_id]) for o in outs]
 
-  needle.run_grid(trials, generate, task)
+  reports = []
+  for task in tasks:
+    trials = needle.build_grid(vocab, task, context_lengths, depths, rounds, seed)
+    log(f"{PROG}: {task.name}, {len(trials)} prompts, model {checkpoint}, attention {config.attention}")
+    needle.run_grid(trials, generate, task)
+    reports.append(_write_task(out, task, trials, log))
+  return reports
+
+
+def _write_task(out: Path, task, trials, log) -> tuple[Path, Path, float]:
+  """Results JSON, heatmap and the printed table of one task's answered trials."""
+  from lwm_plugin.evaluation import needle  # pylint: disable=import-outside-toplevel
+
   slug = "single" if task.n_needles == 1 else f"multi_n{task.n_needles}_r{task.n_asked}"
   results = needle.write_results(out / f"needle_{slug}.json", task, trials)
   mean = float(np.mean([t.score for t in trials]))
@@ -121,8 +132,8 @@ def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, c
   for d, row in zip(depth_list, table):
     log(f"{100 * d:>13.0f}% " + " ".join(f"{x:>7.2f}" for x in row))
   named, digits = (float(np.mean([getattr(t, f) for t in trials])) for f in ("city_named", "digits_right"))
-  log(f"{PROG}: mean accuracy {mean:.3f} (asked city named {named:.2f}, digits right {digits:.2f}, chance 0.10); "
-      f"results {results}, heatmap {heatmap}")
+  log(f"{PROG}: {task.name}: mean accuracy {mean:.3f} (asked city named {named:.2f}, digits right {digits:.2f}, "
+      f"chance 0.10); results {results}, heatmap {heatmap}")
   return results, heatmap, mean
 
 
@@ -144,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   evaluate_needle(config_file, args.model, args.overrides, context_lengths=args.context_lengths, depths=args.depths,
-                  task=task, rounds=args.rounds, seed=args.seed, output=args.output)
+                  tasks=[task], rounds=args.rounds, seed=args.seed, output=args.output)
   return 0
 
 

@@ -85,7 +85,8 @@ def test_plans_chain_shipped_configs(plan):
 
 def test_plan_rejects_a_stage_that_starts_from_a_later_one():
   with pytest.raises(ValueError, match="initialises from 'b'"):
-    demo_plan.Plan("x", demo_plan.FAST.corpus, (demo_plan.Stage("a.yml", 1, init="b"), demo_plan.Stage("b.yml", 1)), "a",
+    stages = (demo_plan.Stage("a.yml", 1, init="b"), demo_plan.Stage("b.yml", 1))
+    demo_plan.Plan("x", demo_plan.FAST.corpus, stages, "a",
                    demo_plan.FAST.grid)
 
 
@@ -153,17 +154,23 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
 
   plan = demo_plan.FAST
   stages = [types.SimpleNamespace(stage=s, context=1024, rope_theta=1e4, tokens_per_step=4096, losses=[6.0, 5.0],
-                                  text_loss=5.0, vision_loss=float("nan"), tokens_per_s=8000.0, setup_s=20.0,
+                                  text_loss=5.0, vision_loss=None, tokens_per_s=8000.0, setup_s=20.0,
                                   wall_s=30.0) for s in plan.stages]
-  trials = [needle.Trial(n, d, 0, ["Oslo"], ["1234567"], np.zeros(3, np.int32)) for n in (500, 1000) for d in (0.0, 1.0)]
+  trials = [needle.Trial(n, d, 0, ["Oslo"], ["1234567"], np.zeros(3, np.int32))
+            for n in (500, 1000) for d in (0.0, 1.0)]
   for t, answer in zip(trials, ["Oslo 1234567", "Oslo 1234000", "Rome 7654321", "x"]):
     t.response, t.score = answer, needle.score_answer(answer, t.numbers)
     t.city_named, t.digits_right = needle.partial_credit(answer, t.cities, t.numbers)
   results = needle.write_results(tmp_path / "needle_single.json", needle.NeedleTask(), trials)
   result = types.SimpleNamespace(task="single", results=results, heatmap=tmp_path / "needle_single.png", mean=0.25)
-  text = report.render(report.Summary(plan=plan, stages=stages, needles=[result], hf_final=tmp_path / "hf" / "a",
-                                      hf_needle=tmp_path / "hf" / "b", timings={"data": 1.0}, wall_s=100.0,
-                                      devices=4, machine="test"), tmp_path)
+
+  def render(needle_result):
+    return report.render(report.Summary(plan=plan, stages=stages, needles=[needle_result],
+                                        hf_final=tmp_path / "hf" / "a", hf_needle=tmp_path / "hf" / "b",
+                                        timings={"data": 1.0}, wall_s=100.0, devices=4, machine="test",
+                                        needle_model_size="2 layers, 64 wide"), tmp_path)
+
+  text = render(result)
   for stage in plan.stages:
     assert f"| {stage.name} | `{stage.config}` |" in text
   assert "| 0% | 1.00 | 0.00 |" in text and "| 100% | 0.00 | 0.00 |" in text
@@ -171,3 +178,6 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   assert "accuracy 0.50 → 0.00" in text and "names the asked city 1.00 → 0.00" in text
   assert "gets 0.79 → 0.07 of the number's digits right" in text
   assert "No needle was retrieved" not in text
+  assert "| 5.000 / — |" in text  # text stages show no vision loss
+  nothing = render(types.SimpleNamespace(**{**vars(result), "mean": 0.0}))
+  assert "**No needle was retrieved.** The tiny model (2 layers, 64 wide)" in nothing

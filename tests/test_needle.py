@@ -62,3 +62,11 @@ def test_partial_credit_names_cities_and_counts_digits_by_position():
   assert needle.partial_credit("Oslo 7654321, Rome 1111111", ["Oslo", "Lima"], ["7654321", "1111112"]) == (
       0.5, pytest.approx((1 + 6 / 7) / 2))
   assert needle.partial_credit("no idea", ["Oslo"], ["1234567"]) == (0.0, 0.0)
+
+
+def test_lwm_eval_names_a_bad_task(capsys):
+  from lwm_plugin import evaluate  # pylint: disable=import-outside-toplevel
+
+  assert evaluate.main(["needle", "--config", "tiny_text_chat_4k.yml", "--model", "nowhere", "--needles", "1",
+                        "--asked", "2"]) == 2
+  assert "lwm-eval: error: need 1 <= asked (2) <= needles (1)" in capsys.readouterr().err

@@ -30,6 +30,7 @@ class Summary:
   wall_s: float
   devices: int
   machine: str
+  needle_model_size: str   # e.g. "2 layers, 64 wide"
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -44,7 +45,7 @@ def _stage_table(summary: Summary) -> list[str]:
     init = r.stage.init or "scratch"
     if r.stage.extend_vocab:
       init += " (vocabulary extended)"
-    vision = f"{r.vision_loss:.3f}" if r.vision_loss == r.vision_loss and r.vision_loss > 0 else "—"
+    vision = "—" if r.vision_loss is None else f"{r.vision_loss:.3f}"
     lines.append(f"| {i} | {r.stage.name} | `{r.stage.config}` | {r.context:,} | {r.rope_theta:,.0f} | {init} | "
                  f"{r.stage.steps} | {r.tokens_per_step:,} | {r.losses[0]:.3f} → {r.losses[-1]:.3f} | "
                  f"{r.text_loss:.3f} / {vision} | {r.tokens_per_s:,.0f} | {clock(r.wall_s)} ({clock(r.setup_s)}) |")
@@ -70,8 +71,7 @@ def _needle_section(result: Any, root: Path) -> list[str]:
             f"{trend(doc['digits_right'])} of the number's digits right (by position; chance 0.10). "
             f"Heatmap: [{_rel(result.heatmap, root)}]({_rel(result.heatmap, root)}); every prompt, answer and "
             f"score: `{_rel(result.results, root)}`.", ""]
-  examples = [t for t in doc["trials"]][:2]
-  for t in examples:
+  for t in doc["trials"][:2]:  # two answers as examples
     lines.append(f"- {t['prompt_tokens']:,}-token prompt, depth {100 * t['depth']:.0f}%, asked "
                  f"{', '.join(t['cities'])} ({', '.join(t['numbers'])}): answer `{t['response'].strip()[:120]}`")
   return lines + [""]
@@ -101,8 +101,9 @@ def render(summary: Summary, root: Path) -> str:
            "scores the fraction of the asked 7-digit numbers that appear in the answer (LWM's scoring). "
            "Haystacks, needles and numbers are drawn from a seed stream the training corpus never used.", ""]
   if all(r.mean == 0.0 for r in summary.needles):
-    lines += ["**No needle was retrieved.** The tiny model (2 layers, 64 wide) learns the answer's form — the "
-              "sentence \"The special magic {city} number is: {7 digits}.\" — but in this run's training budget "
+    lines += [f"**No needle was retrieved.** The tiny model ({summary.needle_model_size}) learns the answer's "
+              "form — the sentence \"The special magic {city} number is: {7 digits}.\" — but in this run's "
+              "training budget "
               f"({tokens:,} tokens) it did not learn to copy the asked fact from the context; the diagnostics below "
               "(city named, digits right against chance 0.10) show how far it is. The same configs and commands "
               "run the paper's 7B stages (`docs/stages.md`).", ""]

@@ -37,6 +37,9 @@ from lwm_plugin.demo.plan import Plan, Stage, plan_from_env
 OUTPUT_ENV = "LWM_DEMO_OUTPUT"
 MARKER = ".lwm_demo"             # marks a directory the demo owns (and may wipe on the next run)
 FIRST_STAGE_OVERHEAD_S = 30.0    # start-up + compile guess for the ETA until a stage has been measured
+# The HF exports and the needle evaluation, in stage start-ups for the ETA (measured on 2 cores: about
+# 50 s after training, against 8-19 s per stage start-up).
+TAIL_IN_STAGE_STARTUPS = 3
 NEEDLE_SEED = 20240208
 
 
@@ -53,7 +56,7 @@ class StageResult:
   tokens_per_step: int
   losses: list[float]
   text_loss: float
-  vision_loss: float
+  vision_loss: float | None      # None for a stage without vision targets
   tokens_per_s: float
   setup_s: float
   wall_s: float
@@ -133,6 +136,11 @@ class Demo:
       items = target / "0" / "items"
     return [f"load_parameters_path={items}"]
 
+  def _model_size(self, stage: Stage) -> str:
+    config = resolve_config_file(stage.config)
+    layers, width = (peek(config, self._common(), key) for key in ("base_num_decoder_layers", "base_emb_dim"))
+    return f"{layers} layers, {width} wide"
+
   def _tokens_per_step(self, config: str, overrides: list[str]) -> int:
     batch = float(peek(config, overrides, "per_device_batch_size"))
     return int(batch * DEVICES * int(peek(config, overrides, "max_target_length")))
@@ -145,16 +153,18 @@ class Demo:
     metrics = self.logs / f"{stage.name}.metrics.jsonl"
     start = time.monotonic()
     overrides = [*self._common(), f"steps={stage.steps}", f"metrics_file={metrics}", *self._init_checkpoint(stage)]
-    context, theta = int(peek(config, overrides, "max_target_length")), float(peek(config, overrides, "rope_max_timescale"))
+    context = int(peek(config, overrides, "max_target_length"))
+    theta = float(peek(config, overrides, "rope_max_timescale"))
+    extended = " (vocabulary extended)" if stage.extend_vocab else ""
     self.say(f"stage {index + 1}/{n} {stage.name}: {context}-token context, RoPE theta {theta:,.0f}, "
-             f"{stage.steps} steps, from {stage.init or 'scratch'}{' (vocabulary extended)' if stage.extend_vocab else ''}")
+             f"{stage.steps} steps, from {stage.init or 'scratch'}{extended}")
     done = list(self.results.values())
     overhead = statistics.mean(r.setup_s for r in done) if done else FIRST_STAGE_OVERHEAD_S
     later = [(s.steps, self._tokens_per_step(resolve_config_file(s.config), self._common()))
              for s in self.plan.stages[index + 1:]]
     tokens_per_step = self._tokens_per_step(config, overrides)
     watcher = progress.StepWatcher(self.term, f"stage {index + 1}/{n} {stage.name}", stage.steps, tokens_per_step,
-                                   DEVICES, later, overhead, tail_s=overhead * 3)
+                                   DEVICES, later, overhead, tail_s=overhead * TAIL_IN_STAGE_STARTUPS)
     with self._quiet(stage.name), progress.watching(watcher):
       rc = train.main([config, *overrides])
     self._step(stage.name, rc)
@@ -162,8 +172,8 @@ class Demo:
     last = rows[-1]
     result = StageResult(
         stage=stage, context=context, rope_theta=theta, tokens_per_step=tokens_per_step,
-        losses=[r["learning/loss"] for r in rows], text_loss=last.get("lwm/text_loss", float("nan")),
-        vision_loss=last.get("lwm/vision_loss", float("nan")),
+        losses=[r["learning/loss"] for r in rows], text_loss=last["lwm/text_loss"],
+        vision_loss=last["lwm/vision_loss"] if last["lwm/vision_tokens"] else None,
         tokens_per_s=statistics.median(r["perf/per_device_tokens_per_sec"] for r in rows[1:] or rows) * DEVICES,
         setup_s=watcher.setup_seconds(), wall_s=time.monotonic() - start,
         checkpoint=self.runs / stage.name / "checkpoints" / str(stage.steps - 1) / "items")
@@ -191,22 +201,24 @@ class Demo:
     return target
 
   # -- 4. needle evaluation -------------------------------------------------------------------
-  def needle(self, hf_dir: Path, n_needles: int, n_asked: int) -> NeedleResult:
+  def needles(self, hf_dir: Path) -> list[NeedleResult]:
+    """Single needle and the plan's N facts / R asked, one model import and compile for both."""
     from lwm_plugin import evaluate  # pylint: disable=import-outside-toplevel
     from lwm_plugin.evaluation.needle import NeedleTask  # pylint: disable=import-outside-toplevel
 
-    task, grid = NeedleTask(n_needles, n_asked), self.plan.grid
+    grid = self.plan.grid
+    tasks = [NeedleTask(1, 1), NeedleTask(*grid.multi)]
     stage = self.results[self.plan.needle_model].stage
     start = time.monotonic()
-    self.say(f"needle retrieval ({task.name}) on {hf_dir.name} (Hugging Face export): context "
-             f"{list(grid.context_lengths)} x depth {list(grid.depths)}, {grid.rounds} round(s)")
-    with self._quiet(f"needle.{task.name.replace(' ', '_')}"):
-      results, heatmap, mean = evaluate.evaluate_needle(
+    self.say(f"needle retrieval ({', '.join(t.name for t in tasks)}) on {hf_dir.name} (Hugging Face export): "
+             f"context {list(grid.context_lengths)} x depth {list(grid.depths)}, {grid.rounds} round(s)")
+    with self._quiet("needle"):
+      reports = evaluate.evaluate_needle(
           resolve_config_file(stage.config), str(hf_dir), self._common(), context_lengths=grid.context_lengths,
-          depths=grid.depths, task=task, rounds=grid.rounds, seed=NEEDLE_SEED, output=self.out,
+          depths=grid.depths, tasks=tasks, rounds=grid.rounds, seed=NEEDLE_SEED, output=self.out,
           log=lambda line: self.term.write(f"  {line}\n"))
-    self.timings[f"needle {task.name}"] = time.monotonic() - start
-    return NeedleResult(task.name, results, heatmap, mean)
+    self.timings["needle evaluation"] = time.monotonic() - start
+    return [NeedleResult(task.name, *report) for task, report in zip(tasks, reports)]
 
   def run(self) -> Path:
     self.generate_data()
@@ -214,12 +226,12 @@ class Demo:
       self.train(i, stage)
     final = self.export(self.plan.final_stage.name)
     needle_hf = final if self.plan.needle_model == self.plan.final_stage.name else self.export(self.plan.needle_model)
-    n, r = self.plan.grid.multi
-    needles = [self.needle(needle_hf, 1, 1), self.needle(needle_hf, n, r)]
+    needles = self.needles(needle_hf)
     shutil.rmtree(self.out / "hf_import", ignore_errors=True)  # the evaluation's import of the HF export
     path = report.write(self.out / "report.md", report.Summary(
         plan=self.plan, stages=list(self.results.values()), needles=needles, hf_final=final, hf_needle=needle_hf,
         timings=self.timings, wall_s=time.monotonic() - self.started, devices=DEVICES,
+        needle_model_size=self._model_size(self.results[self.plan.needle_model].stage),
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"))
     self.say(f"done in {progress.clock(time.monotonic() - self.started)}; report: {path}")
     return path

@@ -76,28 +76,23 @@ def _make_iterator(config: Any, mesh: Any, process_indices: list[int], training:
   return iterator
 
 
-def make_grain_train_iterator(original):
-  """MaxText's Grain train iterator, or the LWM loader's when `lwm_data_sources` is set."""
+def _lwm_loader_when(sources_key: str, *, training: bool):
+  """A patch factory: MaxText's Grain iterator, or the LWM loader's when the config sets `sources_key`."""
 
-  @functools.wraps(original)
-  def make(config, global_mesh, process_indices):
-    if not config.lwm_data_sources:
-      return original(config, global_mesh, process_indices)
-    return _make_iterator(config, global_mesh, process_indices, training=True)
+  def factory(original):
+    @functools.wraps(original)
+    def make(config, global_mesh, process_indices):
+      if not getattr(config, sources_key):
+        return original(config, global_mesh, process_indices)
+      return _make_iterator(config, global_mesh, process_indices, training=training)
 
-  return make
+    return make
+
+  return factory
 
 
-def make_grain_eval_iterator(original):
-  """MaxText's Grain eval iterator, or the LWM loader's when `lwm_eval_data_sources` is set."""
-
-  @functools.wraps(original)
-  def make(config, global_mesh, process_indices):
-    if not config.lwm_eval_data_sources:
-      return original(config, global_mesh, process_indices)
-    return _make_iterator(config, global_mesh, process_indices, training=False)
-
-  return make
+make_grain_train_iterator = _lwm_loader_when("lwm_data_sources", training=True)
+make_grain_eval_iterator = _lwm_loader_when("lwm_eval_data_sources", training=False)
 
 
 def is_lwm_iterator(iterator: Any) -> bool:
