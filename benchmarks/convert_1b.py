@@ -111,7 +111,7 @@ def main() -> None:
   n = make_hf(work / "hf", d)
   print(f"synthetic HF checkpoint: {n / 1e9:.2f}B parameters, bf16, made in {time.time() - t:.0f} s")
   over = overrides(d)
-  lwm_convert = [sys.executable, "-m", "conversion"]
+  lwm_convert = [sys.executable, "-m", "lwm_plugin.convert"]
   runs = {
       ("from-hf", "ours"): lwm_convert + ["from-hf", "--config", "tiny_cpu.yml", "--hf", str(work / "hf"), "--output",
                                           str(work / "ours_mt"), "--no-progress", *over],

@@ -26,7 +26,7 @@ from conversion.from_hf import VOCAB_TENSORS, check_extension
 from conversion.orbax_params import ParamsReader, ParamsWriter
 from conversion.safetensors_io import dtype_from_name
 from conversion.spec import ConversionError, ModelSpec
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.vocab import MultimodalVocab
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from conversion import atomic, hooks, names, safetensors_io, torch_bin
 from conversion.orbax_params import ParamsWriter
 from conversion.safetensors_io import dtype_from_name
 from conversion.spec import ConversionError, ModelSpec, check_hf_config, read_hf_config
-from conversion.vocab import describe
-from lwm_plugin.vocab import MultimodalVocab
+from conversion.model_vocab import describe
+from data_loaders.vocab import MultimodalVocab
 
 log = logging.getLogger(__name__)
 VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")

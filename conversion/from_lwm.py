@@ -28,10 +28,10 @@ import numpy as np
 
 from conversion import hooks
 from conversion.from_hf import check_extension, write_maxtext
-from conversion.lwm_format import Key, LwmFile
+from conversion.lwm_checkpoint import Key, LwmFile
 from conversion.spec import ConversionError, ModelSpec
-from conversion.vocab import check_lwm_tables
-from lwm_plugin.vocab import MultimodalVocab
+from conversion.model_vocab import check_lwm_tables
+from data_loaders.vocab import MultimodalVocab
 
 log = logging.getLogger(__name__)
 

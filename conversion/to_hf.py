@@ -18,11 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from conversion import atomic, names
-from conversion import vocab as vocab_lib
+from conversion import model_vocab as vocab_lib
 from conversion.orbax_params import ParamsReader
 from conversion.safetensors_io import DEFAULT_SHARD_BYTES, Entry, ShardedWriter, dtype_from_name
 from conversion.spec import ModelSpec
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.vocab import MultimodalVocab
 
 log = logging.getLogger(__name__)
 

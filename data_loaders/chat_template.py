@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from data_loaders.lwm_format import Example, ExampleBuilder, LWMFormatError, vision_frames
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.examples import Example, ExampleBuilder, LWMFormatError, vision_frames
+from data_loaders.vocab import MultimodalVocab
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 USER, ASSISTANT = "USER:", "ASSISTANT:"

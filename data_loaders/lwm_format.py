@@ -33,32 +33,21 @@ Outputs per example: `{"tokens": int32[N], "loss_mask": int32[N], "is_vision": b
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import json
 import logging
-import os
 import random
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-import numpy as np
 
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.chat_template import chat_example
+from data_loaders.examples import Example, ExampleBuilder, LWMFormatError, vision_frames
+from data_loaders.vocab import MultimodalVocab
 
 logger = logging.getLogger(__name__)
 
-Example = dict[str, np.ndarray]
 SPECIAL_ITEMS = ("<|bos|>", "<|eos|>")
-
-
-class LWMFormatError(ValueError):
-  """A bad line. `kind` is one of: json, spec, field, type, code, frames, empty, vision (in a text-only model)."""
-
-  def __init__(self, kind: str, reason: str, source: str = "<line>", line_number: int = 0):
-    self.kind, self.reason, self.source, self.line_number = kind, reason, source, line_number
-    super().__init__(f"{source}:{line_number}: {reason}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,60 +117,6 @@ def parse_fields_spec(spec: str) -> tuple[Item, ...]:
   return tuple(items)
 
 
-class ExampleBuilder:
-  """Accumulates (ids, loss, vision) pieces and emits the example arrays."""
-
-  def __init__(self, vocab: MultimodalVocab):
-    self.vocab = vocab
-    self.tokens: list[np.ndarray] = []
-    self.loss: list[np.ndarray] = []
-    self.vision: list[np.ndarray] = []
-    self.content = 0  # tokens other than the automatic BOS/EOS
-
-  def add(self, ids: Any, loss: bool, content: bool = True) -> None:
-    ids = np.asarray(ids, np.int32).reshape(-1)
-    self.tokens.append(ids)
-    self.loss.append(np.full(ids.shape, int(loss), np.int32))
-    self.vision.append(self.vocab.is_vision(ids))
-    self.content += len(ids) if content else 0
-
-  def add_text(self, text: str, loss: bool) -> None:
-    self.add(self.vocab.encode_text(text), loss)
-
-  def add_vision(self, codes_FxT: np.ndarray, loss: bool) -> None:
-    self.add(self.vocab.encode_video(codes_FxT), loss)
-
-  def build(self) -> Example:
-    return {"tokens": np.concatenate(self.tokens), "loss_mask": np.concatenate(self.loss),
-            "is_vision": np.concatenate(self.vision)}
-
-
-def vision_frames(value: Any, vocab: MultimodalVocab, frame_limit: int | None, what: str) -> np.ndarray:
-  """A vision field (flat codes or a list of frames) -> int64 [F, tokens_per_frame], subsampled to the limit.
-
-  Raises LWMFormatError (kind type/frames/code) without source; the caller adds file and line.
-  """
-  tpf = vocab.tokens_per_frame
-  if isinstance(value, list) and not value:
-    raise LWMFormatError("frames", f"{what} is empty, not a whole number (>= 1) of {tpf}-code frames")
-  try:
-    arr = np.asarray(value) if isinstance(value, list) else None
-  except (ValueError, OverflowError):  # ragged frames
-    arr = None
-  if arr is None or arr.dtype.kind not in "iu" or arr.ndim not in (1, 2):
-    raise LWMFormatError("type", f"{what} must be a list of integer VQGAN codes (flat, or one list per frame)")
-  if arr.size == 0 or (arr.ndim == 1 and arr.size % tpf) or (arr.ndim == 2 and arr.shape[1] != tpf):
-    raise LWMFormatError("frames", f"{what} has {arr.size} codes in shape {arr.shape}, "
-                                   f"not a whole number (>= 1) of {tpf}-code frames")
-  lo, hi = int(arr.min()), int(arr.max())
-  if lo < 0 or hi >= vocab.codebook_size:
-    raise LWMFormatError("code", f"{what}: vision code {lo if lo < 0 else hi} out of range [0, {vocab.codebook_size})")
-  frames = arr.reshape(-1, tpf).astype(np.int64)
-  if frame_limit is not None and len(frames) > frame_limit:
-    frames = frames[np.linspace(0, len(frames) - 1, frame_limit).astype(int)]
-  return frames
-
-
 def choose_spec(fields: Any, example_index: int, options: FormatOptions) -> str:
   """The spec string of one example: the spec itself, or one of a list (LWM's modality swap)."""
   if isinstance(fields, str):
@@ -221,7 +156,6 @@ def _example(line: Any, vocab: MultimodalVocab, example_index: int, options: For
   if not isinstance(obj, Mapping):
     raise LWMFormatError("json", f"expected a JSON object, got {type(obj).__name__}")
   if options.fields_key not in obj and "messages" in obj:
-    from data_loaders.chat_template import chat_example  # imports this module
     return chat_example(vocab, obj["messages"], frame_limit=options.frame_limit(vocab))
   if options.fields_key in obj:
     spec = choose_spec(obj[options.fields_key], example_index, options)
@@ -259,58 +193,3 @@ def _example(line: Any, vocab: MultimodalVocab, example_index: int, options: For
   if options.add_eos:
     builder.add([vocab.eos_id], loss=True, content=False)
   return builder.build()
-
-
-@dataclasses.dataclass(frozen=True)
-class Provenance:
-  """Where an example came from: file, 1-based line number, and the index that seeded its spec choice."""
-  source: str
-  line_number: int
-  example_index: int
-
-
-@dataclasses.dataclass
-class ReadStats:
-  examples: int = 0
-  skipped: int = 0
-  skipped_by_kind: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-
-
-class LWMJsonlReader:
-  """Iterates `(example, Provenance)` over one LWM JSONL file.
-
-  Bad lines raise `LWMFormatError` (file:line) unless `skip_invalid=True`, which skips them, logs
-  each at WARNING and counts them in `stats` (by kind). `start_line` (1-based) resumes mid-file;
-  the spec choice depends only on the line index, so a resumed read yields the same examples.
-  A blank line is an invalid (empty) example, never silently passed over.
-  """
-
-  def __init__(self, path: str | os.PathLike, vocab: MultimodalVocab, *, options: FormatOptions = FormatOptions(),
-               skip_invalid: bool = False, start_line: int = 1):
-    if start_line < 1:
-      raise ValueError(f"start_line is 1-based, got {start_line}")
-    self.path, self.vocab, self.options = Path(path), vocab, options
-    self.skip_invalid, self.start_line = skip_invalid, start_line
-    self.stats = ReadStats()
-    options.frame_limit(vocab)  # validates the budget before any line is read
-
-  def __iter__(self) -> Iterator[tuple[Example, Provenance]]:
-    source = str(self.path)
-    with open(self.path, "rb") as f:
-      for line_number, raw in enumerate(f, start=1):
-        if line_number < self.start_line:
-          continue
-        try:
-          if not raw.strip():
-            raise LWMFormatError("empty", "blank line", source, line_number)
-          example = example_from_line(raw, self.vocab, source=source, line_number=line_number,
-                                      example_index=line_number - 1, options=self.options)
-        except LWMFormatError as e:
-          if not self.skip_invalid:
-            raise
-          self.stats.skipped += 1
-          self.stats.skipped_by_kind[e.kind] += 1
-          logger.warning("skipped invalid line: %s", e)
-          continue
-        self.stats.examples += 1
-        yield example, Provenance(source, line_number, line_number - 1)

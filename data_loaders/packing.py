@@ -27,7 +27,7 @@ final weight is `1 / T` (T: all loss tokens), the plain token mean (lambdas unus
 
 N_m must be counted over the whole (global) batch, so the normalisation is separate from
 packing: `normalize_weights` does it on the host for one local batch (single host, tests,
-`pack_examples`), `lwm_plugin.loss` does it on device inside the jitted step, where a sum over
+`pack_examples`), `lwm_plugin.losses.weighted` does it on device inside the jitted step, where a sum over
 the batch is global across hosts (that is what MaxText training uses). Counting on the host per
 local batch would be wrong with more than one host.
 
@@ -43,19 +43,17 @@ from typing import Any, Iterable, Mapping, Sequence
 import grain
 import numpy as np
 
+from data_loaders.batch import LWM_KEYS, ROW_KEYS, VISION_MASK, WEIGHTS
+from data_loaders.weights import MODALITIES, WEIGHTINGS, LossWeighting, final_weights
+
 Example = dict[str, np.ndarray]
 
-MODALITIES = ("text", "vision")
-WEIGHTINGS = ("example", "token")
 OVERLONG_POLICIES = ("truncate", "split", "error")
 PACKING_TYPES = ("first_fit", "best_fit")
 
-# The keys of a packed row (and of a batch), as MaxText's train step reads them.
-ROW_KEYS = ("inputs", "targets", "inputs_segmentation", "targets_segmentation", "inputs_position",
-            "targets_position", "targets_weights", "targets_vision_mask")
 _GRAIN_TO_MAXTEXT = {"inputs_segment_ids": "inputs_segmentation", "targets_segment_ids": "targets_segmentation",
                      "inputs_positions": "inputs_position", "targets_positions": "targets_position"}
-_META = ("targets_weights", "targets_vision_mask")
+_META = tuple(LWM_KEYS)
 
 
 class OverlongError(ValueError):
@@ -95,12 +93,11 @@ def example_features(example: Mapping[str, np.ndarray], *, weighting: str = "exa
       n = int(mask.sum())
       if n:
         weights[mask] = np.float32(1.0 / n)
-  return {"inputs": tokens[:-1], "targets": tokens[1:], "targets_weights": weights,
-          "targets_vision_mask": vision.astype(np.int32)}
+  return {"inputs": tokens[:-1], "targets": tokens[1:], WEIGHTS: weights, VISION_MASK: vision.astype(np.int32)}
 
 
 def has_loss(features: Mapping[str, np.ndarray]) -> bool:
-  return bool(np.any(features["targets_weights"] > 0))
+  return bool(np.any(features[WEIGHTS] > 0))
 
 
 def fit_length(example: Mapping[str, np.ndarray], max_tokens: int, policy: str, where: str = "example") -> list[Example]:
@@ -148,40 +145,23 @@ def pack_rows(features: grain.IterDataset, *, seq_len: int, packing_type: str = 
   return packed.map(_rename)
 
 
-def modality_sums(weights: np.ndarray, vision: np.ndarray) -> dict[str, float]:
-  """U_m = sum of raw weights per modality (float64 on the host)."""
-  weights = np.asarray(weights, np.float64)
-  vision = np.asarray(vision).astype(bool)
-  return {"text": float(weights[~vision].sum()), "vision": float(weights[vision].sum())}
-
-
 def normalize_weights(batch: Mapping[str, np.ndarray], *, modality_weights: Mapping[str, float],
                       weighting: str = "example") -> Example:
   """A copy of `batch` whose `targets_weights` are final (raw weights over this batch's counts).
 
   example: `lambda_m * u / N_m` with `N_m = round(U_m)` (the count of examples with modality-m loss);
   token: `u / T`. A modality absent from the batch contributes nothing. Only correct when `batch`
-  is the whole batch of an optimizer step; with several hosts normalise on device (`lwm_plugin.loss`).
+  is the whole batch of an optimizer step; with several hosts normalise on device (`lwm_plugin.losses.weighted`).
   """
   _check_choice("weighting", weighting, WEIGHTINGS)
   unknown = sorted(set(modality_weights) - set(MODALITIES))
   if unknown:
     raise ValueError(f"modality_weights: unknown modalities {unknown}; expected keys {list(MODALITIES)}")
-  u = np.asarray(batch["targets_weights"], np.float64)
-  vision = np.asarray(batch["targets_vision_mask"]).astype(bool)
-  sums = modality_sums(u, vision)
-  out = dict(batch)
-  if weighting == "token":
-    total = sums["text"] + sums["vision"]
-    out["targets_weights"] = (u / total if total else u).astype(np.float32)
-    return out
-  final = np.zeros_like(u)
-  for name, mask in (("text", ~vision), ("vision", vision)):
-    count = np.rint(sums[name])
-    if count:
-      final[mask] = float(modality_weights.get(name, 0.0)) * u[mask] / count
-  out["targets_weights"] = final.astype(np.float32)
-  return out
+  u = np.asarray(batch[WEIGHTS], np.float64)
+  vision = np.asarray(batch[VISION_MASK]).astype(bool)
+  how = LossWeighting(weighting, float(modality_weights.get("text", 0.0)), float(modality_weights.get("vision", 0.0)))
+  final = final_weights(u, vision, u[~vision].sum(), u[vision].sum(), how, np)
+  return {**batch, WEIGHTS: final.astype(np.float32)}
 
 
 def stack_rows(rows: Iterable[Mapping[str, np.ndarray]]) -> Example:

@@ -11,7 +11,7 @@ Batches are dicts of numpy arrays [batch, seq_len] with the keys `packing.ROW_KE
 `inputs_position`, `targets_position` (restart at 0 per example), `targets_weights` (float32)
 and `targets_vision_mask` (int32). `targets_weights` are raw (each example's loss tokens of one
 modality sum to 1, see `data_loaders.packing`); the global normalisation happens on device
-(`lwm_plugin.loss`), or on the host per batch with `finalize_weights=True` (single host only).
+(`lwm_plugin.losses.weighted`), or on the host per batch with `finalize_weights=True` (single host only).
 
 Mixtures. Grain's `mix` interleaves deterministically in the exact proportions of the weights (no
 sampling noise). Within a packing group, examples are drawn in proportion to their sources'
@@ -36,11 +36,11 @@ from typing import Any, Mapping, Sequence
 import grain
 
 from data_loaders.lwm_format import FormatOptions
-from data_loaders.packing import (OVERLONG_POLICIES, PACKING_TYPES, WEIGHTINGS, normalize_weights, pack_rows)
-from data_loaders.sources import RecordDecoder, expand_files, open_source
+from data_loaders.packing import OVERLONG_POLICIES, PACKING_TYPES, normalize_weights, pack_rows
+from data_loaders.sources import LWMDataSource, RecordDecoder, check_unique_names, expand_files, open_source
 from data_loaders.stream import ExampleStreamIterDataset
-from lwm_plugin.settings import LWMDataSource
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.vocab import MultimodalVocab
+from data_loaders.weights import WEIGHTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 class LoaderConfig:
   """Everything the pipeline needs; `from_settings` reads it from a MaxText/LWM config.
 
-  sources           the data sources (`lwm_plugin.settings.LWMDataSource`, or dicts of its fields)
+  sources           the data sources (`lwm_plugin.config.settings.LWMDataSource`, or dicts of its fields)
   seq_len           row length S (MaxText `max_target_length`); an example fits with S + 1 tokens
   batch_size        rows per batch on this host
   packing           False: one example per row (unpacked, padded)
@@ -88,9 +88,7 @@ class LoaderConfig:
     object.__setattr__(self, "sources", tuple(LWMDataSource.model_validate(s) for s in self.sources))
     if not self.sources:
       raise ValueError("LoaderConfig: no data sources (lwm_data_sources is empty)")
-    names = [s.name for s in self.sources]
-    if len(set(names)) != len(names):
-      raise ValueError(f"LoaderConfig: source names must be unique, got {names}")
+    check_unique_names(self.sources, "LoaderConfig")
     checks = [("packing_type", self.packing_type, PACKING_TYPES), ("weighting", self.weighting, WEIGHTINGS),
               ("overlong", self.overlong, OVERLONG_POLICIES)]
     for key, value, choices in checks:
@@ -107,7 +105,7 @@ class LoaderConfig:
 
   @classmethod
   def from_settings(cls, cfg: Any, *, batch_size: int, training: bool = True) -> LoaderConfig:
-    """Reads MaxText's data keys and the `lwm_*` keys (see `lwm_plugin.settings`) from `cfg`."""
+    """Reads MaxText's data keys and the `lwm_*` keys (see `lwm_plugin.config.settings`) from `cfg`."""
     if cfg.grain_packing_type not in PACKING_TYPES:
       raise ValueError(f"grain_packing_type={cfg.grain_packing_type!r} is not supported by the LWM loader (use "
                        f"{' or '.join(PACKING_TYPES)}): concat_then_split cuts examples across rows, which breaks "

@@ -23,8 +23,9 @@ from typing import Iterable, Iterator, Mapping
 import msgpack
 import numpy as np
 
-from data_loaders.lwm_format import FormatOptions, LWMJsonlReader
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.lwm_format import FormatOptions
+from data_loaders.sources import LWMJsonlReader
+from data_loaders.vocab import MultimodalVocab
 
 
 @contextlib.contextmanager

@@ -24,17 +24,62 @@ import bisect
 import collections
 import dataclasses
 import glob
+import logging
 import mmap
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import msgpack
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_loaders.lwm_format import FormatOptions, LWMFormatError, example_from_line
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.vocab import MultimodalVocab
+
+logger = logging.getLogger(__name__)
 
 _CHUNK = 64 << 20  # bytes scanned at a time while indexing JSONL lines
+
+
+class LWMDataSource(BaseModel):
+  """One training (or evaluation) data source of the LWM loader: a list item of `lwm_data_sources`."""
+
+  model_config = ConfigDict(extra="forbid", frozen=True)
+
+  name: str = Field(..., min_length=1, description="Unique name, used in logs, errors, seeds and iterator state.")
+  files: tuple[str, ...] = Field(
+      ..., min_length=1,
+      description="File paths or glob patterns (relative paths are resolved from the working directory); every "
+      "pattern must match at least one file. Matches are sorted.")
+  format: Literal["jsonl", "arrayrecord", "parquet"] = Field(
+      "jsonl",
+      description="'jsonl': LWM JSONL lines (data_loaders.lwm_format); 'arrayrecord' / 'parquet': pre-tokenized "
+      "examples written by data_loaders.pretokenized (tokens + loss_mask).")
+  weight: float = Field(
+      1.0, gt=0,
+      description="Mixture weight. Within a packing group, examples are drawn in proportion to the weights of its "
+      "sources; across groups, packed rows are drawn in proportion to each group's total weight.")
+  group: str = Field(
+      "default", min_length=1,
+      description="Packing group: examples of different groups are never packed into one row (the paper keeps "
+      "UltraChat and long-context QA apart).")
+  default_fields: str | None = Field(
+      None, description="JSONL: fields spec for lines without a 'fields' key (e.g. 'text' for {\"text\": ...}).")
+  fields_index: int = Field(
+      -1, ge=-1, description="JSONL: pick this spec of a 'fields' list instead of LWM's per-line random choice.")
+
+  @field_validator("files", mode="before")
+  @classmethod
+  def _one_file(cls, value):
+    return (value,) if isinstance(value, str) else value
+
+
+def check_unique_names(sources: Sequence[LWMDataSource], what: str) -> None:
+  """Source names key seeds, logs and iterator state: a repeated name is a ValueError naming it."""
+  names = [s.name for s in sources]
+  dupes = sorted({n for n in names if names.count(n) > 1})
+  if dupes:
+    raise ValueError(f"{what}: source names must be unique, repeated: {dupes}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,3 +326,50 @@ class RecordDecoder:
       raise LWMFormatError("json", f"not a pre-tokenized record {{'tokens', 'loss_mask'}} ({type(e).__name__}: {e})"
                            ) from None
     return pretokenized_example(tokens, loss, self.vocab)
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+  """Where an example came from: file, 1-based line number, and the index that seeded its spec choice."""
+  source: str
+  line_number: int
+  example_index: int
+
+
+@dataclasses.dataclass
+class ReadStats:
+  examples: int = 0
+  skipped: int = 0
+  skipped_by_kind: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+class LWMJsonlReader:
+  """Iterates `(example, Provenance)` over one LWM JSONL file, outside Grain (tools, tests, benchmarks).
+
+  The same path as the loader: `JsonlSource` records decoded by `RecordDecoder`. Bad lines raise
+  `LWMFormatError` (file:line) unless `skip_invalid=True`, which skips them, logs each at WARNING
+  and counts them in `stats` (by kind). `start_line` (1-based) resumes mid-file; the spec choice
+  depends only on the line index, so a resumed read yields the same examples. A blank line is an
+  invalid (empty) example, never silently passed over.
+  """
+
+  def __init__(self, path: str | os.PathLike, vocab: MultimodalVocab, *, options: FormatOptions = FormatOptions(),
+               skip_invalid: bool = False, start_line: int = 1):
+    if start_line < 1:
+      raise ValueError(f"start_line is 1-based, got {start_line}")
+    options.frame_limit(vocab)  # validates the budget before any line is read
+    self.path, self.start_line = str(path), start_line
+    self._decode = RecordDecoder("jsonl", vocab, options, skip_invalid=skip_invalid)
+    self.stats = ReadStats()
+
+  def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], Provenance]]:
+    source = JsonlSource([self.path])
+    for index in range(self.start_line - 1, len(source)):
+      example, _ = self._decode(source[index])
+      if isinstance(example, InvalidRecord):
+        self.stats.skipped += 1
+        self.stats.skipped_by_kind[example.kind] += 1
+        logger.warning("skipped invalid line: %s", example.message)
+        continue
+      self.stats.examples += 1
+      yield example, Provenance(self.path, index + 1, index)

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from data_loaders.synthetic_corpus import CorpusSpec, generate_corpus
-from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece
+from data_loaders.vocab import MultimodalVocab, train_sentencepiece
 
 TEXT_VOCAB = 1024
 CODEBOOK = 64

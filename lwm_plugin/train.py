@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Sequence
 
-from lwm_plugin.config_files import ConfigError, peek, resolve_config_file, uses_data_dir
+from lwm_plugin.config.files import ConfigError, peek, resolve_config_file, uses_data_dir
 
 PROG = "lwm-train"
 USAGE = f"usage: {PROG} CONFIG.yml [key=value ...] [--print-config | --check [--json]]"
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if peek(config_file, overrides, "hardware") == "cpu":
       # Before JAX is imported: keep an installed libtpu from probing for a TPU on a CPU run.
       os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from lwm_plugin.config import check_keys  # pylint: disable=import-outside-toplevel  (imports MaxText)
+    from lwm_plugin.config.lwm_config import check_keys  # pylint: disable=import-outside-toplevel  (imports MaxText)
 
     check_keys(config_file, overrides)
   except ConfigError as e:

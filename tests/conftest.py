@@ -66,7 +66,7 @@ def corpus_vocab():
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from data_loaders import synthetic_corpus as sc  # pylint: disable=import-outside-toplevel
-  from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece  # pylint: disable=import-outside-toplevel
+  from data_loaders.vocab import MultimodalVocab, train_sentencepiece  # pylint: disable=import-outside-toplevel
 
   lines = sc.filler_sentences(np.random.default_rng(0), 300) + [sc.needle_sentence(c, "1234567") for c in sc.CITIES]
   lines += [sc.needle_question([c]) for c in sc.CITIES]

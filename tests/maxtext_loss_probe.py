@@ -18,7 +18,7 @@ from flax.linen import partitioning
 from data_loaders import tiny_data
 from data_loaders.packing import pack_examples
 from lwm_plugin import integration
-from lwm_plugin.config import LWMConfig
+from lwm_plugin.config.lwm_config import LWMConfig
 
 
 def _examples(vocab, rng, n):
@@ -46,7 +46,7 @@ def probe(data_dir: str) -> dict:
     from maxtext.configs import pyconfig
     from maxtext.utils import max_utils, maxtext_utils, maxtext_utils_nnx, model_creation_utils
 
-    from lwm_plugin.integration import loss as lwm_loss
+    from lwm_plugin.integration import loss_fn as lwm_loss
 
     config = pyconfig.initialize(["probe", "maxtext_configs/tiny_cpu_lwm_data.yml", f"lwm_tokenizer_path={data_dir}/tokenizer.model",
                                   "per_device_batch_size=16", "max_target_length=64", "run_name=probe",

@@ -80,7 +80,7 @@ def test_reorder_refuses_unknown_per_token_keys():
   from maxtext.utils import max_utils  # pylint: disable=import-outside-toplevel
 
   batch = {**_batch(), "token_rewards": jnp.zeros((2, 32)), "images": jnp.zeros((2, 3, 8, 8))}
-  with integration.installed(), pytest.raises(ValueError, match=r"\['token_rewards'\].*LWM_PER_TOKEN_KEYS"):
+  with integration.installed(), pytest.raises(ValueError, match=r"\['token_rewards'\].*LWM_KEYS"):
     max_utils.reorder_causal_load_balanced(batch, 2, ReorderStrategy.DUAL_CHUNK_SWAP, "cpu")
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from data_loaders.chat_template import chat_example, chat_prompt
 from data_loaders.lwm_format import LWMFormatError, example_from_line
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.vocab import MultimodalVocab
 
 CODES = list(range(256))
 

@@ -7,8 +7,8 @@ import pytest
 
 import maxtext_configs
 from lwm_plugin import integration
-from lwm_plugin.config import check_keys
-from lwm_plugin.config_files import ConfigError, config_chain, peek, resolve_config_file
+from lwm_plugin.config.lwm_config import check_keys
+from lwm_plugin.config.files import ConfigError, config_chain, peek, resolve_config_file
 
 
 @pytest.mark.parametrize("path", maxtext_configs.shipped_configs(), ids=lambda p: p.name)

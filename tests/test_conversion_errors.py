@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 from conftest import REPO, subprocess_env
 from conversion import from_hf, names, to_hf
 from conversion.spec import ConversionError, ModelSpec
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.vocab import MultimodalVocab
 
 SPEC = ModelSpec(E=32, H=4, K=2, D=8, M=64, L=2, V=256, norm_eps=1e-5, rope_theta=1e4, max_positions=64,
                  tie_embeddings=False, scan_layers=True)
@@ -88,7 +88,7 @@ def test_interrupted_export_leaves_no_output(tmp_path, monkeypatch):
 
 def test_cli_reports_errors_with_exit_code_2(tmp_path):
   # The config resolves through MaxText; the checkpoint path is an empty directory.
-  proc = subprocess.run([sys.executable, "-m", "conversion", "to-hf", "--config", "tiny_cpu.yml", "--checkpoint",
+  proc = subprocess.run([sys.executable, "-m", "lwm_plugin.convert", "to-hf", "--config", "tiny_cpu.yml", "--checkpoint",
                          str(tmp_path), "--output", str(tmp_path / "out")], env=subprocess_env(), cwd=REPO,
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 2, proc.stderr[-3000:]

@@ -6,7 +6,7 @@ import pytest
 from conversion import extend_vocab, names
 from conversion.orbax_params import ParamsReader, ParamsWriter
 from conversion.spec import ConversionError, ModelSpec
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.vocab import MultimodalVocab
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from conversion import from_hf, to_hf
 from conversion.orbax_params import ParamsReader
 from conversion.spec import ModelSpec
 from lwm_checkpoints import lwm_logits, lwm_tree, write_lwm
-from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece
+from data_loaders.vocab import MultimodalVocab, train_sentencepiece
 
 pytestmark = pytest.mark.slow
 TOL = 1e-4
@@ -75,7 +75,7 @@ def _jobs(tmp, name, jobs):
 
 
 def _convert(*args):
-  return [sys.executable, "-m", "conversion", *map(str, args), "--no-progress"]
+  return [sys.executable, "-m", "lwm_plugin.convert", *map(str, args), "--no-progress"]
 
 
 def _tokens(path, vocab_size, seed):

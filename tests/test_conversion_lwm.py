@@ -7,11 +7,11 @@ from flax import serialization
 from safetensors.numpy import load_file
 
 from conversion import from_lwm, to_hf
-from conversion.lwm_format import LwmFile
+from conversion.lwm_checkpoint import LwmFile
 from conversion.orbax_params import ParamsReader, ParamsWriter
 from conversion.spec import ConversionError, ModelSpec
 from lwm_checkpoints import expected_hf, lwm_tree, write_lwm
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.vocab import MultimodalVocab
 
 E, H, M, L = 32, 4, 64, 2
 

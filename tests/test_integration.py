@@ -60,7 +60,7 @@ def test_tripwire_rejects_a_moved_signature_and_patches_nothing():
 def test_config_class_patch_adds_lwm_keys():
   from maxtext.configs import pyconfig  # pylint: disable=import-outside-toplevel
 
-  from lwm_plugin.config import LWMConfig  # pylint: disable=import-outside-toplevel
+  from lwm_plugin.config.lwm_config import LWMConfig  # pylint: disable=import-outside-toplevel
   from maxtext_configs import config_path  # pylint: disable=import-outside-toplevel
 
   argv = ["test", str(config_path("tiny_cpu.yml"))]

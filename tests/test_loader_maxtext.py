@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO, run_python
 from lwm_plugin import integration
 from lwm_plugin.integration import data
-from lwm_plugin.integration.loss import UnsupportedFeatureError, check_supported, trained_rows
+from lwm_plugin.integration.loss_fn import UnsupportedFeatureError, check_supported
+from lwm_plugin.integration.steps import trained_rows
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,9 @@ def test_lwm_sources_require_grain_and_stand_for_grain_files():
                                 "grain_train_files=x.array_record"])
   with pytest.raises(Exception, match="needs lwm_eval_data_sources"):
     integration.resolve_config(["t", "maxtext_configs/tiny_cpu.yml", sources, "dataset_type=grain", "eval_interval=5"])
+  with pytest.raises(Exception, match="the LWM loader does not support: expansion_factor_real_data=2"):
+    integration.resolve_config(["t", "maxtext_configs/tiny_cpu.yml", sources, "dataset_type=grain",
+                                "expansion_factor_real_data=2"])
 
 
 def test_startup_assertion_refuses_an_iterator_that_is_not_the_lwm_loader():
@@ -98,7 +102,8 @@ def test_startup_assertion_refuses_an_iterator_that_is_not_the_lwm_loader():
   create = data.create_data_iterator(lambda config, mesh: (object(), None))  # e.g. MaxText's synthetic iterator
   with pytest.raises(RuntimeError, match="without the LWM loader"):
     create(config, None)
-  with pytest.raises(ValueError, match="dataset_type='synthetic'"):
+  # dataset_type: synthetic is refused by the config class first (test above); were it to get here, still an error
+  with pytest.raises(RuntimeError, match="dataset_type='synthetic'"):
     create(types.SimpleNamespace(**{**vars(config), "dataset_type": "synthetic"}), None)
 
 

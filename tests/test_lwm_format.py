@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from data_loaders.lwm_format import (FormatOptions, LWMFormatError, LWMJsonlReader, Provenance, example_from_line,
-                                     parse_fields_spec)
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.lwm_format import FormatOptions, LWMFormatError, example_from_line, parse_fields_spec
+from data_loaders.sources import LWMJsonlReader, Provenance
+from data_loaders.vocab import MultimodalVocab
 
 BOS, EOS, EOF, EOV = 1, 2, 40192, 40193
 OPEN, CLOSE = [529, 4924, 29958], [1533, 4924, 29958]

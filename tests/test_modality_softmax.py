@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lwm_plugin.modality_softmax import (mask_logits_by_target_modality, mask_value, modality_logits_mask,
+from lwm_plugin.losses.modality_softmax import (mask_logits_by_target_modality, mask_value, modality_logits_mask,
                                          per_modality_cross_entropy, per_modality_log_softmax)
-from lwm_plugin.vocab import MultimodalVocab, VocabLayout
+from data_loaders.vocab import MultimodalVocab, VocabLayout
 
 # Text 0..5, vision 6..12, dedicated markers 13 and 14 (text modality), padding 15.
 LAYOUT = VocabLayout(text_size=6, vision_start=6, vision_end=13, marker_ids=(13, 14), size=16)

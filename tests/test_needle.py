@@ -65,7 +65,7 @@ def test_partial_credit_names_cities_and_counts_digits_by_position():
 
 
 def test_lwm_eval_names_a_bad_task(capsys):
-  from lwm_plugin import evaluate  # pylint: disable=import-outside-toplevel
+  from lwm_plugin.evaluation import cli as evaluate  # pylint: disable=import-outside-toplevel
 
   assert evaluate.main(["needle", "--config", "tiny_text_chat_4k.yml", "--model", "nowhere", "--needles", "1",
                         "--asked", "2"]) == 2

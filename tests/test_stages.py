@@ -18,7 +18,7 @@ import pytest
 import maxtext_configs
 from conftest import read_metrics, run_lwm_train, run_python, subprocess_env
 from lwm_plugin import integration
-from lwm_plugin.config_files import config_chain, uses_data_dir
+from lwm_plugin.config.files import config_chain, uses_data_dir
 from lwm_plugin.train import _topology
 
 M = 2**20
@@ -242,7 +242,7 @@ def test_tiny_chain_runs_a_text_stage_then_a_vision_stage_from_its_extended_chec
   assert final.is_dir()
   # The vision chain starts from the text chain's last checkpoint, extended (tiny-text-1k's stands in
   # for tiny-text-4k's: the same model), written where tiny_vision_1k.yml looks for it.
-  convert = subprocess.run([sys.executable, "-m", "conversion", "extend-vocab", "--config", "tiny_vision_1k.yml",
+  convert = subprocess.run([sys.executable, "-m", "lwm_plugin.convert", "extend-vocab", "--config", "tiny_vision_1k.yml",
                             "--checkpoint", str(final), "--output", str(out / "tiny-text-4k-vision-vocab"),
                             "--no-progress", *common], env=subprocess_env(), cwd=tmp_path, capture_output=True,
                            text=True, timeout=600, check=False)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from data_loaders import synthetic_corpus as sc
-from data_loaders.lwm_format import FormatOptions, LWMJsonlReader
+from data_loaders.lwm_format import FormatOptions
+from data_loaders.sources import LWMJsonlReader
 
 
 def test_needle_format_is_the_papers():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from lwm_plugin import vocab as vocab_module
-from lwm_plugin.settings import LWMSettings
-from lwm_plugin.vocab import MultimodalVocab, VocabLayout, train_sentencepiece
+from data_loaders import vocab as vocab_module
+from lwm_plugin.config.settings import LWMSettings
+from data_loaders.vocab import MultimodalVocab, VocabLayout, train_sentencepiece
 
 # Hand-checked with sentencepiece on the LLaMA-2 model: '▁<' 'vision' '>' and '▁</' 'vision' '>'.
 OPEN, CLOSE = [529, 4924, 29958], [1533, 4924, 29958]
@@ -163,8 +163,8 @@ def test_bad_options(tiny_proto):
 def test_vocabulary_and_format_never_import_maxtext():
   code = ("import sys\n"
           "import data_loaders.lwm_format, data_loaders.chat_template\n"
-          "import lwm_plugin.vocab_hf, lwm_plugin.modality_softmax\n"
-          "from lwm_plugin.vocab import MultimodalVocab\n"
+          "import data_loaders.vocab_hf, lwm_plugin.losses.modality_softmax\n"
+          "from data_loaders.vocab import MultimodalVocab\n"
           "v = MultimodalVocab.default()\n"
           "data_loaders.lwm_format.example_from_line('{\"fields\": \"t\", \"t\": \"x\"}', v)\n"
           "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'maxtext')\n"

@@ -10,7 +10,8 @@ import sentencepiece as spm
 import transformers
 
 from data_loaders.chat_template import chat_example
-from lwm_plugin.vocab import MultimodalVocab, train_sentencepiece
+from data_loaders.vocab import MultimodalVocab, train_sentencepiece
+from data_loaders.vocab_hf import export_hf_tokenizer
 
 LINES = [l for t in pydoc_data.topics.topics.values() for l in t.splitlines()]
 EDGE = ["", " ", "  lead", "trail  ", "Hello  world", "a    b", "tab\tand\nnewline\n\n x", "日本語 🤖 emoji",
@@ -35,7 +36,7 @@ def _load(path):
 def default_export(tmp_path_factory):
   vocab = MultimodalVocab.default()
   out = tmp_path_factory.mktemp("hf_default")
-  vocab.export_hf_tokenizer(out, model_max_length=4096)
+  export_hf_tokenizer(vocab, out, model_max_length=4096)
   return vocab, out, _load(out)
 
 
@@ -87,7 +88,7 @@ def test_chat_template_gives_our_chat_ids(default_export):
 def test_export_next_to_a_model_config(default_export, tmp_path):
   vocab, _, _ = default_export
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": vocab.size}))
-  vocab.export_hf_tokenizer(tmp_path)
+  export_hf_tokenizer(vocab, tmp_path)
   assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"  # left alone
   assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
   tok = _load(tmp_path)
@@ -97,7 +98,7 @@ def test_export_next_to_a_model_config(default_export, tmp_path):
 def test_tiny_and_dedicated_exports(tmp_path):
   proto = train_sentencepiece([l for l in LINES if l.strip()], 500)
   vocab = MultimodalVocab.from_model_proto(proto, codebook_size=16, tokens_per_frame=4, vision_markers="dedicated")
-  vocab.export_hf_tokenizer(tmp_path)
+  export_hf_tokenizer(vocab, tmp_path)
   tok = _load(tmp_path)
   assert len(tok) == vocab.size == 896  # 500 + 272 + 2 markers = 774 -> 896
   # Like every special token ("<s>" too), the dedicated markers' names are matched in HF input text,
@@ -123,5 +124,5 @@ def test_unsupported_models_refuse_to_export(tmp_path, kwargs, message):
                                  vocab_size=400, byte_fallback=True, minloglevel=2, num_threads=1, **options)
   vocab = MultimodalVocab.from_model_proto(buf.getvalue())
   with pytest.raises(ValueError, match=message):
-    vocab.export_hf_tokenizer(tmp_path)
+    export_hf_tokenizer(vocab, tmp_path)
   assert not list(tmp_path.iterdir())

@@ -23,8 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import maxtext_configs  # pylint: disable=wrong-import-position
-
-GIB = 2**30
+from lwm_plugin.integration.aot_report import TABLE_HEADER, table_row  # pylint: disable=wrong-import-position
 
 
 def stages() -> list[str]:
@@ -43,24 +42,6 @@ def check(stage: str, overrides: list[str]) -> dict:
   return {**json.loads(lines[-1]), "wall_seconds": wall}
 
 
-def row(r: dict) -> str:
-  name = Path(r["config_file"]).name
-  if "stage" not in r:
-    return f"| {name} | | | | | | | failed: {r['error']} | |"
-  mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items())
-  attention = f"ring ({r['ring_impl']}: {r['ring_hop']} hop)" if r["ring_hop"] else r["attention"]
-  if r["compiled"]:
-    memory = f"{r['argument_bytes'] / GIB:.2f} + {r['temp_bytes'] / GIB:.2f} = {r['per_chip_bytes'] / GIB:.2f}"
-    ring = f" ({r['ring_kernels']} ring)" if r["ring_hop"] else ""
-    hlo = f"{r['collective_permutes']} / {r['tpu_custom_calls']}{ring}"
-  else:
-    memory = f"needs {r['required_bytes'] / GIB:.1f} (compiler: {r['available_bytes'] / GIB:.2f} available)"
-    hlo = "-"
-  return (f"| {name} | {r['topology']} | {mesh} | {attention} | {r['sequences_per_step']} x {r['seq_len']} | "
-          f"{memory} | {'yes' if r['fits'] else '**no**'} | {r['model_flops_per_step']:.3e} | {hlo} | "
-          f"{r['compile_seconds']:.0f} s |")
-
-
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--out", help="also append each stage's JSON report to this file")
@@ -69,9 +50,7 @@ def main() -> int:
   args = parser.parse_args()
   chosen = [a for a in args.args if a.endswith(".yml")]
   overrides = [a for a in args.args if not a.endswith(".yml")]
-  print("| stage | pod | mesh | attention | sequences x tokens | per chip GiB (args + temps) | fits 32 GiB | "
-        "FLOPs / step | HLO permutes / tpu_custom_call | compile |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("\n".join(TABLE_HEADER))
   ok = True
   for stage in chosen or stages():
     result = check(stage, overrides)
@@ -79,7 +58,7 @@ def main() -> int:
     if args.out:
       with open(args.out, "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")
-    print(row(result), flush=True)
+    print(table_row(result), flush=True)
   return 0 if ok else 1
 
 

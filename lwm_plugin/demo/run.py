@@ -18,6 +18,7 @@ own step); their MaxText output goes to `logs/<stage>.log`, the terminal shows o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,10 +30,15 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from lwm_plugin.config_files import peek, resolve_config_file
+from conversion.spec import ConversionError
+from data_loaders import tiny_data
+from lwm_plugin import checkpoints, train
+from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
 from lwm_plugin.demo import progress, report
 from lwm_plugin.demo.jax_env import DEVICES, configure
 from lwm_plugin.demo.plan import Plan, Stage, plan_from_env
+from lwm_plugin.evaluation import runner
+from lwm_plugin.evaluation.needle import NeedleTask
 
 OUTPUT_ENV = "LWM_DEMO_OUTPUT"
 MARKER = ".lwm_demo"             # marks a directory the demo owns (and may wipe on the next run)
@@ -108,10 +114,16 @@ class Demo:
       tail = "\n".join([line for line in lines if "Config param" not in line][-25:])
       raise DemoError(f"{name} failed with exit code {rc}; full log: {log}\n--- last lines ---\n{tail}")
 
+  @contextlib.contextmanager
+  def _converting(self, name: str):
+    """A conversion step: its error becomes a DemoError naming the step and its log."""
+    try:
+      yield
+    except (ConversionError, ConfigError) as e:
+      raise DemoError(f"{name} failed: {e}; full log: {self.logs / name}.log") from e
+
   # -- 1. data --------------------------------------------------------------------------------
   def generate_data(self) -> None:
-    from data_loaders import tiny_data  # pylint: disable=import-outside-toplevel
-
     start = time.monotonic()
     files = tiny_data.generate(self.data, self.plan.corpus)
     sizes = ", ".join(f"{name} {path.stat().st_size / 1024:.0f} KiB" for name, path in files.items())
@@ -124,14 +136,10 @@ class Demo:
       return []
     items = self.results[stage.init].checkpoint
     if stage.extend_vocab:
-      from conversion import cli as convert  # pylint: disable=import-outside-toplevel
-
       target = self.runs / f"{stage.init}-vision-vocab"
       name = f"{stage.name}.extend-vocab"
-      with self._quiet(name):
-        rc = convert.main(["extend-vocab", "--config", stage.config, "--checkpoint", str(items), "--output",
-                           str(target), "--no-progress", *self._common()])
-      self._step(name, rc)
+      with self._quiet(name), self._converting(name):
+        checkpoints.extend_vocab(stage.config, str(items), str(target), overrides=self._common())
       self.say(f"vocabulary of {stage.init} extended for {stage.name}: {target}")
       items = target / "0" / "items"
     return [f"load_parameters_path={items}"]
@@ -146,8 +154,6 @@ class Demo:
     return int(batch * DEVICES * int(peek(config, overrides, "max_target_length")))
 
   def train(self, index: int, stage: Stage) -> StageResult:
-    from lwm_plugin import train  # pylint: disable=import-outside-toplevel
-
     n = len(self.plan.stages)
     config = resolve_config_file(stage.config)
     metrics = self.logs / f"{stage.name}.metrics.jsonl"
@@ -186,16 +192,13 @@ class Demo:
 
   # -- 3. export ------------------------------------------------------------------------------
   def export(self, name: str) -> Path:
-    from conversion import cli as convert  # pylint: disable=import-outside-toplevel
-
     result = self.results[name]
     target = self.out / "hf" / name
     target.parent.mkdir(exist_ok=True)
     start = time.monotonic()
-    with self._quiet(f"{name}.to-hf"):
-      rc = convert.main(["to-hf", "--config", result.stage.config, "--checkpoint", str(result.checkpoint),
-                         "--output", str(target), "--dtype", "float32", "--no-progress", *self._common()])
-    self._step(f"{name}.to-hf", rc)
+    with self._quiet(f"{name}.to-hf"), self._converting(f"{name}.to-hf"):
+      checkpoints.to_hf(result.stage.config, str(result.checkpoint), str(target), overrides=self._common(),
+                        dtype="float32")
     self.timings[f"export {name}"] = time.monotonic() - start
     self.say(f"{name} exported to Hugging Face: {target}")
     return target
@@ -203,9 +206,6 @@ class Demo:
   # -- 4. needle evaluation -------------------------------------------------------------------
   def needles(self, hf_dir: Path) -> list[NeedleResult]:
     """Single needle and the plan's N facts / R asked, one model import and compile for both."""
-    from lwm_plugin import evaluate  # pylint: disable=import-outside-toplevel
-    from lwm_plugin.evaluation.needle import NeedleTask  # pylint: disable=import-outside-toplevel
-
     grid = self.plan.grid
     tasks = [NeedleTask(1, 1), NeedleTask(*grid.multi)]
     stage = self.results[self.plan.needle_model].stage
@@ -213,7 +213,7 @@ class Demo:
     self.say(f"needle retrieval ({', '.join(t.name for t in tasks)}) on {hf_dir.name} (Hugging Face export): "
              f"context {list(grid.context_lengths)} x depth {list(grid.depths)}, {grid.rounds} round(s)")
     with self._quiet("needle"):
-      reports = evaluate.evaluate_needle(
+      reports = runner.evaluate_needle(
           resolve_config_file(stage.config), str(hf_dir), self._common(), context_lengths=grid.context_lengths,
           depths=grid.depths, tasks=tasks, rounds=grid.rounds, seed=NEEDLE_SEED, output=self.out,
           log=lambda line: self.term.write(f"  {line}\n"))

@@ -25,7 +25,7 @@ import numpy as np
 
 from data_loaders import synthetic_corpus as corpus
 from data_loaders.chat_template import chat_example
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.vocab import MultimodalVocab
 
 
 @dataclasses.dataclass(frozen=True)

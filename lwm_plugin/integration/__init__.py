@@ -1,7 +1,7 @@
 """The one seam into MaxText 0.2.5: every attribute the plugin replaces, and why.
 
-Only this subpackage, `lwm_plugin.config` and the entry points import MaxText (a test enforces
-the allow-list). Use:
+Only this subpackage, `lwm_plugin.config.lwm_config` (the config class) and the apps import
+MaxText (a test enforces the allow-list). Use:
 
   from lwm_plugin import integration
   integration.install()            # idempotent; logs the install report; raises SeamError if MaxText moved
@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lwm_plugin.integration import aot, attention, config_hook, cp_reorder, data, loss
+from maxtext.configs import pyconfig
+
+from lwm_plugin.config.lwm_config import LWMConfig
+from lwm_plugin.integration import aot, attention, config_class, cp_reorder, data, loss_fn, steps
 from lwm_plugin.integration.core import Patch, Seam, SeamError
 
 # ---------------------------------------------------------------------------------------------
@@ -26,11 +29,11 @@ PATCH_TABLE: tuple[Patch, ...] = (
     Patch(
         target="maxtext.configs.pyconfig:initialize",
         params=("argv", "config_class", "kwargs"),
-        make=config_hook.config_class_default,
+        make=config_class.config_class_default,
         reason="MaxText's trainer calls pyconfig.initialize(argv) with its own class, which rejects lwm_* keys",
         remove_when="the trainer accepts a config_class (or a plugin registry for config fields)",
     ),
-    # The LWM loader and loss weighting (issue 6): lwm_plugin/integration/{data,loss,cp_reorder}.py.
+    # The LWM loader and loss weighting: lwm_plugin/integration/{data,loss_fn,steps,cp_reorder}.py.
     Patch(
         target="maxtext.input_pipeline.input_pipeline_interface:make_grain_train_iterator",
         params=("config", "global_mesh", "process_indices"),
@@ -57,7 +60,7 @@ PATCH_TABLE: tuple[Patch, ...] = (
     Patch(
         target="maxtext.trainers.pre_train.train:loss_fn",
         params=("model", "config", "data", "dropout_rng", "params", "sparsity_state", "is_train"),
-        make=loss.replace_loss_fn,
+        make=loss_fn.replace_loss_fn,
         reason="per-token loss weights (targets_weights: packed training equals unpacked padded training) and "
                "LWM's per-modality softmax; MaxText's loss weighs every non-pad token 1",
         remove_when="MaxText's loss reads a per-token weight key",
@@ -65,7 +68,7 @@ PATCH_TABLE: tuple[Patch, ...] = (
     Patch(
         target="maxtext.trainers.pre_train.train:train_step",
         params=("model", "config", "state_mesh_shardings", "params_shardings", "state", "data", "dropout_rng"),
-        make=loss.train_step,
+        make=steps.train_step,
         reason="the loss normalisers are counted over the step's whole batch (exact under gradient accumulation) "
                "and text/vision losses and token counts are logged as metrics",
         remove_when="MaxText's loss can see step-level batch statistics and return extra metrics",
@@ -73,14 +76,14 @@ PATCH_TABLE: tuple[Patch, ...] = (
     Patch(
         target="maxtext.trainers.pre_train.train:eval_step",
         params=("model", "config", "state", "data", "dropout_rng"),
-        make=loss.eval_step,
+        make=steps.eval_step,
         reason="evaluation/z_loss back to a scalar (the LWM loss passes per-modality sums through aux z_loss)",
         remove_when="MaxText's loss can return extra metrics",
     ),
     Patch(
         target="maxtext.utils.maxtext_utils:get_shaped_batch",
         params=("config", "batch_sharding", "is_eval"),
-        make=loss.get_shaped_batch,
+        make=data.get_shaped_batch,
         reason="the ahead-of-time batch shape must include targets_weights / targets_vision_mask, else the train "
                "step compiles twice",
         remove_when="MaxText derives the shaped batch from the data iterator",
@@ -111,7 +114,7 @@ RESOLVE_ONLY_TABLE: tuple[Patch, ...] = (
     Patch(
         target="maxtext.utils.max_utils:maybe_initialize_jax_distributed_system",
         params=("raw_keys",),
-        make=config_hook.no_distributed_init,
+        make=config_class.no_distributed_init,
         reason="printing a TPU pod's resolved config must not try to join the pod",
         remove_when="pyconfig separates config resolution from jax.distributed initialization",
     ),
@@ -169,10 +172,6 @@ def resolve_config(argv: Sequence[str]) -> Any:
 
   Does not initialize the JAX distributed system, so a pod config resolves on any machine.
   """
-  from maxtext.configs import pyconfig  # pylint: disable=import-outside-toplevel
-
-  from lwm_plugin.config import LWMConfig  # pylint: disable=import-outside-toplevel
-
   with _RESOLVE_SEAM.installed():
     return pyconfig.initialize_pydantic(list(argv), config_class=LWMConfig)
 
@@ -180,7 +179,7 @@ def resolve_config(argv: Sequence[str]) -> Any:
 def check_train_step(argv: Sequence[str], config_file: str) -> Any:
   """`lwm-train --check`: AOT-compiles the train step of `argv` (compile_topology set) with the plugin installed.
 
-  Returns a `lwm_plugin.stage_check.CompileReport`.
+  Returns a `lwm_plugin.integration.aot_report.CompileReport`.
   """
   config = resolve_config(argv)
   with installed():

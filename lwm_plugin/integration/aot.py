@@ -4,7 +4,7 @@ Runs MaxText's own `train_compile.main` (the program a TPU run compiles: same me
 optimizer, remat) with the plugin installed, so the LWM loss, the loader's batch keys and the ring
 attention are in it, for `compile_topology` through libtpu; no TPU is needed, any host compiles.
 `train_compile.main` only prints what it learns, so a scoped seam patch (`CHECK_ONLY_TABLE`)
-captures the compiled object as `jit_and_compile` returns it; the report (`stage_check`) reads its
+captures the compiled object as `jit_and_compile` returns it; the report (`aot_report`) reads its
 memory analysis and optimized HLO. When the program does not fit, the TPU compiler raises
 RESOURCE_EXHAUSTED with its figures, which become the report.
 
@@ -28,7 +28,8 @@ from typing import Any, Sequence
 import jax
 from maxtext.utils import accelerator_to_spec_map, maxtext_utils
 
-from lwm_plugin.stage_check import CompileReport, parse_oom
+from lwm_plugin.kernels.ring import ring
+from lwm_plugin.integration.aot_report import CompileReport, parse_oom
 
 logger = logging.getLogger("lwm_plugin.integration")
 
@@ -72,7 +73,6 @@ def _ring_hop(config: Any) -> str | None:
   """The ring hop kernels `lwm_ring_impl` compiles to on the compile target ("auto" on TPU: "mosaic")."""
   if config.attention != "ring":
     return None
-  from lwm_plugin.kernels.ring import ring  # pylint: disable=import-outside-toplevel
   return ring.kernels_for(config.lwm_ring_impl, _target_platform(config))
 
 

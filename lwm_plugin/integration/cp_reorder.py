@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import functools
 
+from data_loaders.batch import LWM_KEYS
+
 # Keys MaxText 0.2.5's reorder moves itself (its local `_reorder_keys`; a test checks this set
 # against the function's behaviour).
 MAXTEXT_REORDERED_KEYS = frozenset({"inputs", "targets", "inputs_position", "targets_position", "inputs_segmentation",
                                     "targets_segmentation", "corruption_mask", "targets_loss_mask"})
-# Per-token keys of the LWM loader; a loader that adds one must list it here.
-LWM_PER_TOKEN_KEYS = ("targets_weights", "targets_vision_mask")
+# Per-token keys of the LWM loader: the batch schema's (a loader that adds one declares it there).
+LWM_PER_TOKEN_KEYS = tuple(LWM_KEYS)
 
 
 def reorder_causal_load_balanced(original):
@@ -35,8 +37,8 @@ def reorder_causal_load_balanced(original):
                      and tuple(getattr(v, "shape", ())[:2]) == token_shape)
     if unknown:
       raise ValueError(f"context-parallel load balancing would leave the per-token batch keys {unknown} in their "
-                       "original order while the tokens move; add them to lwm_plugin.integration.cp_reorder."
-                       "LWM_PER_TOKEN_KEYS or set context_parallel_load_balance: false")
+                       "original order while the tokens move; declare them in the batch schema "
+                       "(data_loaders.batch.LWM_KEYS) or set context_parallel_load_balance: false")
     for key in LWM_PER_TOKEN_KEYS:
       if key in batch:
         out[key] = original({"inputs": batch[key]}, cp_size, reorder_strategy, hardware)["inputs"]

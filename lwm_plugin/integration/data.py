@@ -1,6 +1,6 @@
 """`dataset_type: grain` with `lwm_data_sources` runs the LWM Grain loader inside MaxText.
 
-Three replacements (rows in `PATCH_TABLE`):
+Four replacements (rows in `PATCH_TABLE`):
 
 * `input_pipeline_interface.make_grain_train_iterator` / `make_grain_eval_iterator`: with LWM
   sources configured, build `data_loaders.build_dataset` for this host (its shard among MaxText's
@@ -12,10 +12,11 @@ Three replacements (rows in `PATCH_TABLE`):
   back to synthetic data for some dataset types, and `dataset_type: synthetic` never reaches the
   Grain code at all; with LWM sources configured, anything but `grain`, or an iterator that is
   not ours, is an error before training starts.
+* `maxtext_utils.get_shaped_batch`: the ahead-of-time batch shape includes the LWM keys of the
+  batch schema (`data_loaders.batch.LWM_KEYS`), else the train step compiles twice.
 
-Not supported with the LWM loader (clear errors): colocated Python data input, Grain's elastic
-iterator, `expansion_factor_real_data` other than -1 / 1, and `grain_worker_count: -1` (the
-packed stream depends on the worker count, which must stay fixed across a resume).
+The settings the LWM loader cannot honour are refused by the config class
+(`lwm_plugin.config.lwm_config.LWMConfig`), before anything runs.
 """
 
 from __future__ import annotations
@@ -30,36 +31,17 @@ import jax
 from maxtext.input_pipeline import data_processing_utils, multihost_dataloading
 from maxtext.input_pipeline.synthetic_data_processing import PlaceHolderDataIterator
 
+from data_loaders.batch import LWM_KEYS
 from data_loaders.pipeline import LoaderConfig, build_dataset, describe
-from lwm_plugin.vocab import MultimodalVocab
+from lwm_plugin.config.settings import model_vocab
 
 logger = logging.getLogger("lwm_plugin.integration")
 
 _OURS: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
-def check_data_config(config: Any) -> None:
-  """Raises ValueError for MaxText data settings the LWM loader cannot honour."""
-  if not (config.lwm_data_sources or config.lwm_eval_data_sources):
-    return
-  if config.dataset_type != "grain":
-    raise ValueError(f"lwm_data_sources / lwm_eval_data_sources are set but dataset_type={config.dataset_type!r}: "
-                     "MaxText would train on other data; set dataset_type: grain to use the LWM loader")
-  bad = [
-      (config.colocated_python_data_input, "colocated_python_data_input"),
-      (config.grain_use_elastic_iterator, "grain_use_elastic_iterator (it cannot pack)"),
-      (config.expansion_factor_real_data not in (-1, 1), f"expansion_factor_real_data={config.expansion_factor_real_data}"),
-      (config.elastic_enabled, "elastic_enabled"),
-  ]
-  bad = [what for flag, what in bad if flag]
-  if bad:
-    raise ValueError(f"the LWM loader does not support: {', '.join(bad)}")
-
-
 def _make_iterator(config: Any, mesh: Any, process_indices: list[int], training: bool) -> Any:
-  check_data_config(config)
-  vocab = MultimodalVocab.from_settings(config)
-  text_only = vocab.is_text_model(config.vocab_size)  # a text model (LWM's text stages): vision data is an error
+  vocab, text_only = model_vocab(config)  # a text model (LWM's text stages): vision data is an error
   if training:
     batch_size = data_processing_utils.get_local_batch_size(config)
   else:
@@ -105,7 +87,6 @@ def create_data_iterator(original):
 
   @functools.wraps(original)
   def create(config, mesh):
-    check_data_config(config)
     train, evaluation = original(config, mesh)
     for sources, iterator, what in ((config.lwm_data_sources, train, "train"),
                                     (config.lwm_eval_data_sources, evaluation, "eval")):
@@ -117,3 +98,19 @@ def create_data_iterator(original):
     return train, evaluation
 
   return create
+
+
+def get_shaped_batch(original):
+  """MaxText's AOT batch shape plus the LWM loader's keys (else the step compiles twice)."""
+
+  @functools.wraps(original)
+  def wrapped(config, batch_sharding=None, is_eval=False):
+    shaped = original(config, batch_sharding, is_eval)
+    sources = config.lwm_eval_data_sources if is_eval else config.lwm_data_sources
+    if sources:
+      like = shaped["targets"]
+      for key, dtype in LWM_KEYS.items():
+        shaped[key] = jax.ShapeDtypeStruct(like.shape, dtype, sharding=like.sharding)
+    return shaped
+
+  return wrapped

@@ -12,7 +12,8 @@ vocabulary (`lwm_tokenizer_path`, `lwm_codebook_size`, ...: default LLaMA-2 + LW
 is a path or the name of a shipped file in `maxtext_configs/`. `extend-vocab` grows a text model's
 MaxText checkpoint to the multimodal vocabulary of CONFIG.yml (the start of the vision stages). Outputs are written to a temporary directory and
 renamed into place at the end: a failed or interrupted run leaves no output directory. Conversion
-always runs on the host CPU. Also runnable as `python -m conversion ...`.
+always runs on the host CPU. Also runnable as `python -m lwm_plugin.convert ...`; the Python API is
+`lwm_plugin.checkpoints`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-from lwm_plugin.config_files import ConfigError, resolve_config_file
+from conversion.spec import ConversionError
+from lwm_plugin.config.files import ConfigError
 
 PROG = "lwm-convert"
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMG]?)B?$", re.IGNORECASE)
@@ -73,50 +75,20 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _resolve(args: argparse.Namespace) -> Any:
-  """The resolved config (MaxText's own resolution, with our key checks first)."""
-  from lwm_plugin import integration  # pylint: disable=import-outside-toplevel  (imports MaxText)
-  from lwm_plugin.config import check_keys  # pylint: disable=import-outside-toplevel
-
-  config_file = resolve_config_file(args.config)
-  check_keys(config_file, args.overrides)
-  return integration.resolve_config([PROG, config_file, "hardware=cpu", "skip_jax_distributed_system=true",
-                                     *args.overrides])
-
-
 def _run(args: argparse.Namespace) -> None:
-  # pylint: disable=import-outside-toplevel  (each command imports only what it needs)
-  from conversion import vocab as vocab_lib
-  from conversion.spec import ModelSpec
+  from lwm_plugin import checkpoints  # pylint: disable=import-outside-toplevel  (MaxText/JAX after JAX_PLATFORMS)
 
-  config = _resolve(args)
-  spec = ModelSpec.from_config(config)
-  progress = not args.no_progress
+  common = dict(overrides=args.overrides, progress=not args.no_progress)
   if args.command == "to-hf":
-    from conversion import to_hf
-
-    vocab = None if args.no_tokenizer else vocab_lib.load(config)
-    to_hf.convert(spec, args.checkpoint, args.output, vocab=vocab, dtype=args.dtype,
-                  max_shard_bytes=args.max_shard_size, progress=progress)
-    return
-  if args.command == "extend-vocab":
-    from conversion import extend_vocab
-
-    extend_vocab.convert(spec, args.checkpoint, args.output, vocab=vocab_lib.load(config), dtype=args.dtype,
-                         progress=progress)
-    return
-  dtype = args.dtype or str(getattr(config.weight_dtype, "value", config.weight_dtype))
-  if args.command == "from-hf":
-    from conversion import from_hf
-
-    vocab = vocab_lib.load(config) if args.extend_vocab else None
-    from_hf.convert(spec, args.hf, args.output, vocab=vocab, extend_vocab=args.extend_vocab, dtype=dtype,
-                    progress=progress)
+    checkpoints.to_hf(args.config, args.checkpoint, args.output, dtype=args.dtype, tokenizer=not args.no_tokenizer,
+                      max_shard_bytes=args.max_shard_size, **common)
+  elif args.command == "extend-vocab":
+    checkpoints.extend_vocab(args.config, args.checkpoint, args.output, dtype=args.dtype, **common)
+  elif args.command == "from-hf":
+    checkpoints.from_hf(args.config, args.hf, args.output, dtype=args.dtype, extend_vocab=args.extend_vocab, **common)
   else:
-    from conversion import from_lwm
-
-    from_lwm.convert(spec, args.lwm, args.output, vocab=vocab_lib.load(config),
-                     extend_vocab=args.extend_vocab, dtype=dtype, progress=progress)
+    checkpoints.from_lwm(args.config, args.lwm, args.output, dtype=args.dtype, extend_vocab=args.extend_vocab,
+                         **common)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,8 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # no "PyTorch was not found" notice
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("conversion").setLevel(logging.INFO)
-  from conversion.spec import ConversionError  # pylint: disable=import-outside-toplevel
-
   try:
     _run(args)
   except (ConversionError, ConfigError) as e:

@@ -16,9 +16,8 @@ from maxtext.configs import types
 from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
 from pydantic import model_validator
 
-from lwm_plugin.config_files import ConfigError, config_chain
-from lwm_plugin.kernels.ring import ring as ring_kernels
-from lwm_plugin.settings import LWMSettings
+from lwm_plugin.config.files import ConfigError, config_chain
+from lwm_plugin.config.settings import LWMSettings
 
 
 # MaxText requires grain_train_files (grain_eval_files with eval_interval > 0) for dataset_type: grain;
@@ -46,10 +45,21 @@ class LWMConfig(types.MaxTextConfig, LWMSettings):
 
   @model_validator(mode="after")
   def _lwm_sources_need_grain(self) -> "LWMConfig":
-    if (self.lwm_data_sources or self.lwm_eval_data_sources) and self.dataset_type != "grain":
+    """The MaxText data settings the LWM loader cannot honour (checked once, here)."""
+    if not (self.lwm_data_sources or self.lwm_eval_data_sources):
+      return self
+    if self.dataset_type != "grain":
       dataset_type = getattr(self.dataset_type, "value", self.dataset_type)
       raise ValueError(f"lwm_data_sources / lwm_eval_data_sources are set but dataset_type={dataset_type!r}: "
                        "MaxText would train on other data; set dataset_type: grain to use the LWM loader")
+    unsupported = [(self.colocated_python_data_input, "colocated_python_data_input"),
+                   (self.grain_use_elastic_iterator, "grain_use_elastic_iterator (it cannot pack)"),
+                   (self.expansion_factor_real_data not in (-1, 1),
+                    f"expansion_factor_real_data={self.expansion_factor_real_data}"),
+                   (self.elastic_enabled, "elastic_enabled")]
+    bad = [what for flag, what in unsupported if flag]
+    if bad:
+      raise ValueError(f"the LWM loader does not support: {', '.join(bad)}")
     return self
 
   @model_validator(mode="before")
@@ -74,9 +84,6 @@ class LWMConfig(types.MaxTextConfig, LWMSettings):
       raise ValueError(f"attention: ring supports attention_type global (causal) or full, not {self.attention_type!r}")
     if self.attn_logits_soft_cap:
       raise ValueError("attention: ring does not implement attn_logits_soft_cap")
-    if self.lwm_ring_impl != "auto" and self.lwm_ring_impl not in ring_kernels.HOP_IMPLS:
-      raise ValueError(f"lwm_ring_impl={self.lwm_ring_impl!r} is not in this build (available: "
-                       f"{sorted(ring_kernels.HOP_IMPLS)} or 'auto')")
     cp = self.ici_context_parallelism * self.dcn_context_parallelism
     if self.context_parallel_load_balance and cp > 1:  # -1 (fill the mesh) is checked by MaxText's reorder
       if cp % 2:

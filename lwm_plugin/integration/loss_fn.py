@@ -1,34 +1,26 @@
-"""MaxText's loss, train step and eval step with LWM's per-token loss weights.
+"""MaxText's `loss_fn` with LWM's per-token loss weights (a row in `PATCH_TABLE`).
 
-Three replacements (rows in `PATCH_TABLE`):
-
-* `train.loss_fn`: the standard causal-LM path of MaxText's `loss_fn` (forward, cross entropy or
-  LWM's per-modality softmax, z-loss), weighted by `targets_weights` through `lwm_plugin.loss`
-  instead of MaxText's binary `targets_segmentation != 0`. It keeps the aux contract the train and
-  eval steps read. MaxText features it does not implement raise `UnsupportedFeatureError` at trace
-  time (before the first step) instead of being dropped: block diffusion, multi-token prediction,
-  the sparse-attention indexer, vocabulary tiling, MoE (load-balance loss, routing biases,
-  overflow handling), multimodal encoders, DiLoCo, Tunix gradient accumulation.
-* `train.train_step`: before MaxText's step, counts the modality totals (U_m, T_m) over the rows
-  the step trains on (the whole global batch: a `jnp.sum` under jit spans hosts) and passes them
-  to every microbatch under `TOTALS_KEY`; after it, turns the per-modality sums into metrics.
-* `train.eval_step`: turns the same sums back into MaxText's scalar `evaluation/z_loss`.
+The standard causal-LM path of MaxText's `loss_fn` (forward, cross entropy or LWM's per-modality
+softmax, z-loss), weighted by `targets_weights` through `lwm_plugin.losses.weighted` instead of
+MaxText's binary `targets_segmentation != 0`. It keeps the aux contract the train and eval steps
+read. MaxText features it does not implement raise `UnsupportedFeatureError` at trace time (before
+the first step) instead of being dropped: block diffusion, multi-token prediction, the
+sparse-attention indexer, vocabulary tiling, MoE (load-balance loss, routing biases, overflow
+handling), multimodal encoders, DiLoCo, Tunix gradient accumulation.
 
 The loss contract. MaxText's step reads `aux["xent_sum"]` and `aux["total_weights"]` and, under
 manual gradient accumulation, differentiates `xent_sum` of each microbatch and divides the
 accumulated gradient by the summed `total_weights`. Here `total_weights` = T, this microbatch's
 loss tokens; without accumulation `loss` = L (the weighted loss) and `xent_sum` = L * T, so
 MaxText's `learning/lm_loss` (xent_sum / total_weights) is L; with accumulation `xent_sum` =
-T_step * L_micro, where L_micro uses the whole step's totals, so the accumulated objective
-`sum xent_sum / sum T` is exactly the loss of the whole step (tested against GA=1).
+T_step * L_micro, where L_micro uses the whole step's totals (`TOTALS_KEY`, put there by
+`lwm_plugin.integration.steps.train_step`), so the accumulated objective `sum xent_sum / sum T` is
+exactly the loss of the whole step (tested against GA=1).
 
 The metrics channel. MaxText's train step forwards `aux["z_loss"]` unchanged into its metrics
-(and sums aux leaves over microbatches). `loss_fn` puts three additive sums there,
-(z-loss part of L, S_text, S_vision); the wrapped steps unpack them before anything reads
-them: `learning/z_loss` stays a scalar, and `lwm/text_loss`, `lwm/vision_loss`,
-`lwm/text_tokens`, `lwm/vision_tokens`, `lwm/text_examples`, `lwm/vision_examples` (example
-weighting) and `lwm/batch_fingerprint` are added to the step's metrics (metrics file and
-TensorBoard).
+(and sums aux leaves over microbatches). `loss_fn` puts three additive sums there, (z-loss part
+of L, S_text, S_vision); the step wrappers (`lwm_plugin.integration.steps`) unpack them before
+anything reads them.
 
 A batch without `targets_weights` (MaxText's own input pipelines, synthetic data) gets weights
 `targets_segmentation != 0`, all text, token weighting: exactly MaxText's own loss (logged once).
@@ -37,9 +29,7 @@ With `lwm_data_sources` set such a batch is an error: the LWM loader is not feed
 
 from __future__ import annotations
 
-import functools
 import logging
-import types
 from typing import Any
 
 import jax
@@ -47,15 +37,15 @@ import jax.numpy as jnp
 from flax import nnx
 from maxtext.utils import max_utils, sharding
 
-from lwm_plugin.loss import LossWeighting, batch_totals, modality_losses, weighted_sums
-from lwm_plugin.modality_softmax import per_modality_cross_entropy
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.batch import LWM_KEYS, VISION_MASK, WEIGHTS
+from data_loaders.weights import LossWeighting
+from lwm_plugin.config.settings import model_vocab
+from lwm_plugin.losses.modality_softmax import per_modality_cross_entropy
+from lwm_plugin.losses.weighted import batch_totals, weighted_sums
 
 logger = logging.getLogger("lwm_plugin.integration")
 
 TOTALS_KEY = "lwm_batch_totals"  # [B, 4] (U_text, U_vision, T_text, T_vision) of the step's batch, every row alike
-WEIGHT_KEYS = ("targets_weights", "targets_vision_mask")
-_FINGERPRINT_MOD = 1 << 24  # exact in float32 metrics
 _logged: set[str] = set()
 
 
@@ -83,7 +73,7 @@ def check_supported(config: Any) -> None:
   """Raises UnsupportedFeatureError naming every enabled MaxText feature the LWM loss does not implement."""
   bad = _unsupported(config)
   if bad:
-    raise UnsupportedFeatureError("the LWM loss (lwm_plugin.integration.loss) does not implement: " + "; ".join(bad)
+    raise UnsupportedFeatureError("the LWM loss (lwm_plugin.integration.loss_fn) does not implement: " + "; ".join(bad)
                                   + ". Disable them, or train without the LWM plugin.")
 
 
@@ -93,28 +83,13 @@ def _log_once(key: str, message: str) -> None:
     logger.info(message)
 
 
-_VOCAB_KEYS = ("lwm_tokenizer_path", "lwm_codebook_size", "lwm_tokens_per_frame", "lwm_vision_markers")
-
-
-@functools.lru_cache(maxsize=8)
-def _layout(vocab_settings: tuple, vocab_size: int):
-  vocab = MultimodalVocab.from_settings(types.SimpleNamespace(**dict(zip(_VOCAB_KEYS, vocab_settings))))
-  vocab.check_vocab_size(vocab_size)
-  return vocab.layout
-
-
-def vocab_layout(config: Any):
-  """The merged vocabulary's partition (cached: the tokenizer is read once per setting)."""
-  return _layout(tuple(getattr(config, k) for k in _VOCAB_KEYS), config.vocab_size)
-
-
 def weights_and_modality(data: dict[str, jax.Array], config: Any) -> tuple[jax.Array, jax.Array, LossWeighting]:
   """Raw weights u [B, S], vision mask [B, S] and the weighting for `data` (see the module docstring)."""
-  present = [k for k in WEIGHT_KEYS if k in data]
-  if len(present) == len(WEIGHT_KEYS):
-    return data["targets_weights"], data["targets_vision_mask"], LossWeighting.from_settings(config)
+  present = [k for k in LWM_KEYS if k in data]
+  if len(present) == len(LWM_KEYS):
+    return data[WEIGHTS], data[VISION_MASK], LossWeighting.from_settings(config)
   if present:
-    raise ValueError(f"the batch has {present} but not {[k for k in WEIGHT_KEYS if k not in data]}")
+    raise ValueError(f"the batch has {present} but not {[k for k in LWM_KEYS if k not in data]}")
   if config.lwm_data_sources:
     raise ValueError("lwm_data_sources is set but the batch has no targets_weights: the LWM loader is not feeding "
                      f"the train step (dataset_type={config.dataset_type!r}; it must be 'grain')")
@@ -126,7 +101,11 @@ def weights_and_modality(data: dict[str, jax.Array], config: Any) -> tuple[jax.A
 
 def _cross_entropy(logits: jax.Array, targets: jax.Array, config: Any) -> tuple[jax.Array, jax.Array]:
   if config.lwm_per_modality_softmax:
-    return per_modality_cross_entropy(logits, targets, vocab_layout(config), config.z_loss_multiplier)
+    vocab, text_only = model_vocab(config)
+    if text_only:
+      raise ValueError("lwm_per_modality_softmax needs the multimodal vocabulary (vocab_size "
+                       f"{vocab.size}); this model has only the {vocab.text_size} text ids")
+    return per_modality_cross_entropy(logits, targets, vocab.layout, config.z_loss_multiplier)
   one_hot = jax.nn.one_hot(targets, config.vocab_size)
   return max_utils.cross_entropy_with_logits(logits, one_hot, z_loss=config.z_loss_multiplier)
 
@@ -154,7 +133,7 @@ def loss_fn(model, config, data, dropout_rng, params, sparsity_state=None, is_tr
   tokens = jnp.sum(weights > 0).astype(jnp.float32)
   if is_train and config.gradient_accumulation_steps > 1:
     if TOTALS_KEY not in data:
-      raise ValueError("gradient accumulation needs the totals of the whole step (lwm_plugin.integration.loss."
+      raise ValueError("gradient accumulation needs the totals of the whole step (lwm_plugin.integration.steps."
                        "train_step); is the seam installed?")
     loss = xent_sum = sums["loss"] * (totals[2] + totals[3])
   else:
@@ -180,71 +159,3 @@ def replace_loss_fn(original):
   """The `PATCH_TABLE` factory: `loss_fn` replaces MaxText's outright (it never delegates)."""
   del original
   return loss_fn
-
-
-def trained_rows(num_rows: int, config: Any) -> jax.Array:
-  """bool [B]: rows the step trains on. MaxText splits a batch into microbatches by row % GA and keeps
-  the first micro_batch_size_to_train_on rows of each (all of them unless per_device_batch_size < 1)."""
-  ga = max(config.gradient_accumulation_steps, 1)
-  return jnp.arange(num_rows) // ga < config.micro_batch_size_to_train_on
-
-
-def _fingerprint(inputs: jax.Array) -> jax.Array:
-  """A checksum of the batch's tokens and their places (wrapping int32 arithmetic: order-independent, exact)."""
-  place = jnp.arange(inputs.size, dtype=jnp.int32).reshape(inputs.shape) % 65521 + 1
-  return (jnp.sum(inputs.astype(jnp.int32) * place) % _FINGERPRINT_MOD).astype(jnp.float32)
-
-
-def _unpack(scalars: dict[str, Any], key: str) -> jax.Array:
-  packed = scalars[key]
-  scalars[key] = packed[0]
-  return packed
-
-
-def train_step(original):
-  """MaxText's train step with the step's modality totals passed in and the LWM metrics added."""
-
-  @functools.wraps(original)
-  def wrapped(model, config, state_mesh_shardings, params_shardings, state, data, dropout_rng=None):
-    weights, vision, weighting = weights_and_modality(data, config)
-    totals = batch_totals(weights, vision, trained_rows(weights.shape[0], config))
-    data = dict(data, **{TOTALS_KEY: jnp.broadcast_to(totals, (weights.shape[0], totals.shape[0]))})
-    new_state, metrics = original(model, config, state_mesh_shardings, params_shardings, state, data, dropout_rng)
-    scalars = metrics["scalar"]
-    packed = _unpack(scalars, "learning/z_loss")
-    text_loss, vision_loss = modality_losses(packed[1], packed[2], totals)
-    scalars.update({"lwm/text_loss": text_loss, "lwm/vision_loss": vision_loss, "lwm/text_tokens": totals[2],
-                    "lwm/vision_tokens": totals[3], "lwm/batch_fingerprint": _fingerprint(data["inputs"])})
-    if weighting.weighting == "example":
-      scalars.update({"lwm/text_examples": jnp.round(totals[0]), "lwm/vision_examples": jnp.round(totals[1])})
-    return new_state, metrics
-
-  return wrapped
-
-
-def eval_step(original):
-  """MaxText's eval step with `evaluation/z_loss` a scalar again (the LWM loss packs sums there)."""
-
-  @functools.wraps(original)
-  def wrapped(model, config, state, data, dropout_rng=None):
-    metrics = original(model, config, state, data, dropout_rng)
-    _unpack(metrics["scalar"], "evaluation/z_loss")
-    return metrics
-
-  return wrapped
-
-
-def get_shaped_batch(original):
-  """MaxText's AOT batch shape plus the LWM loader's keys (else the step compiles twice)."""
-
-  @functools.wraps(original)
-  def wrapped(config, batch_sharding=None, is_eval=False):
-    shaped = original(config, batch_sharding, is_eval)
-    sources = config.lwm_eval_data_sources if is_eval else config.lwm_data_sources
-    if sources:
-      like = shaped["targets"]
-      shaped["targets_weights"] = jax.ShapeDtypeStruct(like.shape, jnp.float32, sharding=like.sharding)
-      shaped["targets_vision_mask"] = jax.ShapeDtypeStruct(like.shape, jnp.int32, sharding=like.sharding)
-    return shaped
-
-  return wrapped

@@ -29,7 +29,7 @@ vocabulary grows by one block of 128 rows for LLaMA-2 (40448 -> 40576).
 
 `is_vision(ids)` is True on the vision block (codes, `<eof>`, `<eov>` and the reserved rows), which
 is LWM's `vision_mask`; the wrappers, BOS, EOS and text are False. The per-modality softmax that
-makes one merged head equal to LWM's two heads lives in `lwm_plugin.modality_softmax`; it reads
+makes one merged head equal to LWM's two heads lives in `lwm_plugin.losses.modality_softmax`; it reads
 the partition from `MultimodalVocab.layout`.
 
 This module never imports MaxText or JAX: the Grain loader and the converters use it directly.
@@ -195,16 +195,6 @@ class MultimodalVocab:
 
   def __setstate__(self, state: dict[str, Any]) -> None:
     self.__init__(state.pop("model_proto"), **state)
-
-  def export_hf_tokenizer(self, out_dir: str | os.PathLike, *, model_max_length: int | None = None) -> list[Path]:
-    """Writes a Hugging Face tokenizer (tokenizer.model, tokenizer.json, configs) giving these ids.
-
-    `transformers.AutoTokenizer.from_pretrained(out_dir)` then encodes text exactly as
-    `encode_text` (plus BOS with `add_special_tokens=True`) and names every other row
-    (`<|vq_{c}|>`, `<|eof|>`, `<|eov|>`, ...); see `lwm_plugin.vocab_hf`. Returns the files written.
-    """
-    from lwm_plugin.vocab_hf import export_hf_tokenizer
-    return export_hf_tokenizer(self, out_dir, model_max_length=model_max_length)
 
   def check_vocab_size(self, vocab_size: int, where: str = "config key vocab_size") -> None:
     """Raises ValueError unless a model's embedding/head size equals this vocabulary's `size`."""

@@ -1,7 +1,7 @@
 """The LWM loss weighting on device: exact unpacked-padded training from packed batches.
 
 Pure JAX on arrays, no MaxText and no config object (the MaxText adapter is
-`lwm_plugin.integration.loss`). The loader (`data_loaders.packing`) emits raw per-token weights
+`lwm_plugin.integration.loss_fn`). The loader (`data_loaders.packing`) emits raw per-token weights
 `u`: with `weighting="example"`, `u = 1 / n_im` on the loss tokens of example i and modality m,
 so each (example, modality) sums to 1; with `"token"`, `u = 1` on every loss token. Here:
 
@@ -24,31 +24,10 @@ error at 1M tokens per row is below 1e-3, far from the 0.5 that rounding tolerat
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
-WEIGHTINGS = ("example", "token")
-
-
-@dataclasses.dataclass(frozen=True)
-class LossWeighting:
-  """How loss tokens are weighed (hashable: a static argument under jit)."""
-  weighting: str = "example"
-  text_weight: float = 0.5
-  vision_weight: float = 0.5
-
-  def __post_init__(self):
-    if self.weighting not in WEIGHTINGS:
-      raise ValueError(f"weighting={self.weighting!r}; expected one of {WEIGHTINGS}")
-    if min(self.text_weight, self.vision_weight) < 0:
-      raise ValueError(f"modality weights must be >= 0, got text={self.text_weight}, vision={self.vision_weight}")
-
-  @classmethod
-  def from_settings(cls, cfg: Any) -> LossWeighting:
-    return cls(cfg.lwm_loss_weighting, float(cfg.lwm_text_loss_weight), float(cfg.lwm_vision_loss_weight))
+from data_loaders.weights import LossWeighting, final_weights
 
 
 def batch_totals(weights_BxS: jax.Array, vision_BxS: jax.Array, rows_B: jax.Array | None = None) -> jax.Array:
@@ -64,25 +43,10 @@ def batch_totals(weights_BxS: jax.Array, vision_BxS: jax.Array, rows_B: jax.Arra
                     jnp.sum(loss & ~vision).astype(jnp.float32), jnp.sum(loss & vision).astype(jnp.float32)])
 
 
-def modality_coefficients(totals: jax.Array, weighting: LossWeighting) -> tuple[jax.Array, jax.Array]:
-  """(coef_text, coef_vision): the final weight of a token is coef_m(t) * u_t (0 for an absent modality)."""
-  u_text, u_vision = totals[0], totals[1]
-  if weighting.weighting == "token":
-    total = u_text + u_vision
-    coef = jnp.where(total > 0, 1.0 / jnp.maximum(total, 1e-30), 0.0)
-    return coef, coef
-  coefs = []
-  for lam, u in ((weighting.text_weight, u_text), (weighting.vision_weight, u_vision)):
-    n = jnp.round(u)
-    coefs.append(jnp.where(n > 0, lam / jnp.maximum(n, 1.0), 0.0))
-  return coefs[0], coefs[1]
-
-
-def final_weights(weights_BxS: jax.Array, vision_BxS: jax.Array, totals: jax.Array,
-                  weighting: LossWeighting) -> jax.Array:
-  """float32 [B, S] final per-token weights."""
-  coef_text, coef_vision = modality_coefficients(totals, weighting)
-  return weights_BxS.astype(jnp.float32) * jnp.where(vision_BxS.astype(bool), coef_vision, coef_text)
+def final_weights_device(weights_BxS: jax.Array, vision_BxS: jax.Array, totals: jax.Array,
+                         weighting: LossWeighting) -> jax.Array:
+  """float32 [B, S] final per-token weights (`data_loaders.weights.final_weights` with the step's totals)."""
+  return final_weights(weights_BxS.astype(jnp.float32), vision_BxS, totals[0], totals[1], weighting, jnp)
 
 
 def weighted_sums(loss_BxS: jax.Array, weights_BxS: jax.Array, vision_BxS: jax.Array, weighting: LossWeighting,
@@ -100,7 +64,7 @@ def weighted_sums(loss_BxS: jax.Array, weights_BxS: jax.Array, vision_BxS: jax.A
   loss = loss_BxS.astype(jnp.float32)
   u = weights_BxS.astype(jnp.float32)
   vision = vision_BxS.astype(bool)
-  w = final_weights(u, vision, totals, weighting)
+  w = final_weights_device(u, vision, totals, weighting)
   zero = jnp.zeros((), jnp.float32)
   return {"loss": jnp.sum(w * loss),
           "z_loss": zero if z_loss_BxS is None else jnp.sum(w * z_loss_BxS.astype(jnp.float32)),

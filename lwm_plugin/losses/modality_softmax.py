@@ -3,12 +3,12 @@
 LWM has a text head (`lm_head`, text_size logits) and a vision head (`vision_head`, 8448 logits).
 A text target's log-probability is normalised over the text logits only, a vision target's over
 the vision logits only (`lwm/train.py`: `0.5 * (text CE + vision CE)`, each with its own head).
-With the merged vocabulary of `lwm_plugin.vocab` the two heads are one partitioned head
+With the merged vocabulary of `data_loaders.vocab` the two heads are one partitioned head
 `[text | vision | markers | padding]`, and the same loss is the softmax over the target's own
 partition. Padding rows belong to neither and never get probability.
 
 Pure JAX functions on `VocabLayout` (hashable, so a static argument under `jit`); no config, no
-MaxText. The flag `lwm_per_modality_softmax` (`lwm_plugin.settings`) selects them in the loss:
+MaxText. The flag `lwm_per_modality_softmax` (`lwm_plugin.config.settings`) selects them in the loss:
   * `per_modality_cross_entropy(logits_BxSxV, targets_BxS, layout, z_loss)` is a drop-in
     replacement of MaxText's `max_utils.cross_entropy_with_logits(logits, one_hot(targets), z_loss)`:
     it returns `(loss_BxS, z_loss_BxS)` with the same meaning (z is the partition's normaliser).
@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lwm_plugin.vocab import VocabLayout
+from data_loaders.vocab import VocabLayout
 
 
 def _check(logits_BxSxV: jax.Array, targets_BxS: jax.Array, layout: VocabLayout) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from maxtext.utils import max_logging
 
-from lwm_plugin.config import LWMConfig
+from lwm_plugin.config.lwm_config import LWMConfig
 
 
 def config_class_default(original: Any) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from typing import Any
 
@@ -121,3 +122,29 @@ class CompileReport:
     else:
       out.append(f"  compile failed: {self.error}")
     return out
+
+
+# The fit table of `make check-configs` (tools/check_stages.py): a header, then `table_row` per stage.
+TABLE_HEADER = ("| stage | pod | mesh | attention | sequences x tokens | per chip GiB (args + temps) | fits 32 GiB | "
+                "FLOPs / step | HLO permutes / tpu_custom_call | compile |",
+                "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table_row(r: dict[str, Any]) -> str:
+  """One row of the fit table from a `CompileReport.to_json()` object (plus `wall_seconds`), or a failed stage's
+  {config_file, error}."""
+  name = os.path.basename(r["config_file"])
+  if "stage" not in r:
+    return f"| {name} | | | | | | | failed: {r['error']} | |"
+  mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items())
+  attention = f"ring ({r['ring_impl']}: {r['ring_hop']} hop)" if r["ring_hop"] else r["attention"]
+  if r["compiled"]:
+    memory = f"{r['argument_bytes'] / GIB:.2f} + {r['temp_bytes'] / GIB:.2f} = {r['per_chip_bytes'] / GIB:.2f}"
+    ring = f" ({r['ring_kernels']} ring)" if r["ring_hop"] else ""
+    hlo = f"{r['collective_permutes']} / {r['tpu_custom_calls']}{ring}"
+  else:
+    memory = f"needs {r['required_bytes'] / GIB:.1f} (compiler: {r['available_bytes'] / GIB:.2f} available)"
+    hlo = "-"
+  return (f"| {name} | {r['topology']} | {mesh} | {attention} | {r['sequences_per_step']} x {r['seq_len']} | "
+          f"{memory} | {'yes' if r['fits'] else '**no**'} | {r['model_flops_per_step']:.3e} | {hlo} | "
+          f"{r['compile_seconds']:.0f} s |")

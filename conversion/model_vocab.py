@@ -1,4 +1,4 @@
-"""Where the converters meet the multimodal vocabulary (`lwm_plugin.vocab.MultimodalVocab`).
+"""Where the converters meet the multimodal vocabulary (`data_loaders.vocab.MultimodalVocab`).
 
 The vocabulary comes from the config's `lwm_*` keys (`MultimodalVocab.from_settings`: the
 tokenizer, codebook size, vision markers), so the converters and training agree on every id.
@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lwm_plugin.vocab import MultimodalVocab
+from data_loaders.vocab import MultimodalVocab
+from data_loaders.vocab_hf import export_hf_tokenizer
 
 from conversion.spec import ConversionError
 
@@ -58,7 +59,7 @@ def check_lwm_tables(vocab: MultimodalVocab, text_rows: int, vision_rows: int, w
 def export_tokenizer(vocab: MultimodalVocab, out_dir: str | os.PathLike, *, multimodal: bool,
                      model_max_length: int) -> None:
   """Writes the tokenizer files of a multimodal or text-only model into `out_dir`."""
-  vocab.export_hf_tokenizer(out_dir, model_max_length=model_max_length)
+  export_hf_tokenizer(vocab, out_dir, model_max_length=model_max_length)
   if multimodal:
     return
   # tokenizer.json (the `tokenizers` format) lists added tokens with their ids; drop the non-text rows.

@@ -1,49 +1,21 @@
-"""LWM settings: the keys this plugin adds to a MaxText config.
+"""LWM settings: the keys this plugin adds to a MaxText config, and the model's vocabulary check.
 
-A small pydantic mixin, composed with MaxText's own config class in `lwm_plugin.config`. It lives
-apart from MaxText so that kernels, the vocabulary and the data loaders can read the field names
-and defaults without importing MaxText. Every field carries a description; MaxText's
-`extra="forbid"` still rejects any key that neither class declares.
+A small pydantic mixin, composed with MaxText's own config class in `lwm_plugin.config.lwm_config`.
+It lives apart from MaxText so that the launcher and tools can read the field names and defaults
+without importing MaxText. Every field carries a description; MaxText's `extra="forbid"` still
+rejects any key that neither class declares. `model_vocab(config)` is the one place a model's
+`vocab_size` is checked against the vocabulary of its `lwm_*` keys (text-only or multimodal).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-
-class LWMDataSource(BaseModel):
-  """One training (or evaluation) data source of the LWM loader: a list item of `lwm_data_sources`."""
-
-  model_config = ConfigDict(extra="forbid", frozen=True)
-
-  name: str = Field(..., min_length=1, description="Unique name, used in logs, errors, seeds and iterator state.")
-  files: tuple[str, ...] = Field(
-      ..., min_length=1,
-      description="File paths or glob patterns (relative paths are resolved from the working directory); every "
-      "pattern must match at least one file. Matches are sorted.")
-  format: Literal["jsonl", "arrayrecord", "parquet"] = Field(
-      "jsonl",
-      description="'jsonl': LWM JSONL lines (data_loaders.lwm_format); 'arrayrecord' / 'parquet': pre-tokenized "
-      "examples written by data_loaders.pretokenized (tokens + loss_mask).")
-  weight: float = Field(
-      1.0, gt=0,
-      description="Mixture weight. Within a packing group, examples are drawn in proportion to the weights of its "
-      "sources; across groups, packed rows are drawn in proportion to each group's total weight.")
-  group: str = Field(
-      "default", min_length=1,
-      description="Packing group: examples of different groups are never packed into one row (the paper keeps "
-      "UltraChat and long-context QA apart).")
-  default_fields: str | None = Field(
-      None, description="JSONL: fields spec for lines without a 'fields' key (e.g. 'text' for {\"text\": ...}).")
-  fields_index: int = Field(
-      -1, ge=-1, description="JSONL: pick this spec of a 'fields' list instead of LWM's per-line random choice.")
-
-  @field_validator("files", mode="before")
-  @classmethod
-  def _one_file(cls, value):
-    return (value,) if isinstance(value, str) else value
+from data_loaders.sources import LWMDataSource, check_unique_names
+from data_loaders.vocab import MultimodalVocab
 
 
 class LWMSettings(BaseModel):
@@ -54,7 +26,7 @@ class LWMSettings(BaseModel):
       description="Name of the LWM training stage (e.g. 'text-32k'); shown in the start-up log and in reports.",
   )
 
-  # Multimodal vocabulary (lwm_plugin.vocab.MultimodalVocab.from_settings) and its loss.
+  # Multimodal vocabulary (data_loaders.vocab.MultimodalVocab.from_settings) and its loss.
   lwm_tokenizer_path: str = Field(
       "",
       description="SentencePiece model of the text part of the multimodal vocabulary; empty: the LLaMA-2 model "
@@ -81,7 +53,7 @@ class LWMSettings(BaseModel):
       "output heads; false: one softmax over the whole merged vocabulary (MaxText's default).",
   )
 
-  # The Grain loader (data_loaders.pipeline) and the loss weighting (lwm_plugin.loss).
+  # The Grain loader (data_loaders.pipeline) and the loss weighting (lwm_plugin.losses.weighted).
   lwm_data_sources: tuple[LWMDataSource, ...] = Field(
       (),
       description="Training data of the LWM Grain loader: a list of {name, files, format, weight, group, "
@@ -176,10 +148,27 @@ class LWMSettings(BaseModel):
   @model_validator(mode="after")
   def _check_data(self):
     for key in ("lwm_data_sources", "lwm_eval_data_sources"):
-      names = [s.name for s in getattr(self, key)]
-      dupes = sorted({n for n in names if names.count(n) > 1})
-      if dupes:
-        raise ValueError(f"{key}: source names must be unique, repeated: {dupes}")
+      check_unique_names(getattr(self, key), key)
     if self.lwm_loss_weighting == "example" and self.lwm_text_loss_weight + self.lwm_vision_loss_weight == 0:
       raise ValueError("lwm_text_loss_weight and lwm_vision_loss_weight are both 0: nothing would be trained")
     return self
+
+
+_VOCAB_KEYS = ("lwm_tokenizer_path", "lwm_codebook_size", "lwm_tokens_per_frame", "lwm_vision_markers")
+
+
+@functools.lru_cache(maxsize=8)
+def _model_vocab(vocab_settings: tuple, vocab_size: int) -> tuple[MultimodalVocab, bool]:
+  settings = LWMSettings(**dict(zip(_VOCAB_KEYS, vocab_settings)))
+  vocab = MultimodalVocab.from_settings(settings)
+  return vocab, vocab.is_text_model(vocab_size)
+
+
+def model_vocab(config: Any) -> tuple[MultimodalVocab, bool]:
+  """(the multimodal vocabulary of a config's `lwm_*` keys, whether the model is text-only).
+
+  The one check of a model's `vocab_size`: the tokenizer's text size (a text model, as LWM's text
+  stages) or the multimodal size; anything else is a ValueError naming both. Cached per setting
+  (the tokenizer is read once).
+  """
+  return _model_vocab(tuple(getattr(config, k) for k in _VOCAB_KEYS), config.vocab_size)

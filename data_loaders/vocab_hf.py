@@ -1,4 +1,4 @@
-"""Hugging Face tokenizer export of a `MultimodalVocab` (`MultimodalVocab.export_hf_tokenizer`).
+"""Hugging Face tokenizer export of a `MultimodalVocab` (`export_hf_tokenizer(vocab, out_dir)`).
 
 Writes `tokenizer.model` (the SentencePiece model, unchanged), `tokenizer.json`,
 `tokenizer_config.json` and `special_tokens_map.json`, so that
@@ -12,7 +12,7 @@ merge last; the dummy prefix is always added): on Python's own help texts about 
 lines tokenize differently. We rank merges by SentencePiece score (then by id) and prepend/replace
 whitespace with a normalizer, as SentencePiece does; the tests compare against `sentencepiece` on
 real and random text, in `transformers`. Supported: BPE models with identity normalisation and no
-whitespace removal (LLaMA-2, and models from `lwm_plugin.vocab.train_sentencepiece`); anything else
+whitespace removal (LLaMA-2, and models from `data_loaders.vocab.train_sentencepiece`); anything else
 raises instead of exporting a tokenizer that would silently disagree.
 
 Names of the non-text rows (special tokens, skipped by `decode(..., skip_special_tokens=True)`):
@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING
 
 from sentencepiece import sentencepiece_model_pb2
 
+from data_loaders.chat_template import HF_CHAT_TEMPLATE
+from data_loaders.vocab import MultimodalVocab
+
 if TYPE_CHECKING:
   import tokenizers
-
-  from lwm_plugin.vocab import MultimodalVocab
 
 _Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
 
@@ -116,8 +117,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def export_hf_tokenizer(vocab: MultimodalVocab, out_dir: str | os.PathLike, *,
                         model_max_length: int | None = None) -> list[Path]:
-  """Writes the tokenizer files into `out_dir` (created if needed; other files are left alone)."""
-  from data_loaders.chat_template import HF_CHAT_TEMPLATE
+  """Writes a Hugging Face tokenizer (tokenizer.model, tokenizer.json, configs) giving `vocab`'s ids.
+
+  `transformers.AutoTokenizer.from_pretrained(out_dir)` then encodes text exactly as
+  `vocab.encode_text` (plus BOS with `add_special_tokens=True`) and names every other row
+  (`<|vq_{c}|>`, `<|eof|>`, `<|eov|>`, ...). `out_dir` is created if needed; other files are left
+  alone. Returns the files written.
+  """
 
   tok = build_hf_tokenizer(vocab)  # raises before anything is written
   out = Path(out_dir)

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from conftest import run_lwm_train
-from lwm_plugin.stage_check import GIB, CompileReport, hbm_bytes, parse_oom
+from lwm_plugin.integration.aot_report import GIB, CompileReport, hbm_bytes, parse_oom
 
 E, M, H_D, V = 4096, 11008, 4096, 32000   # LLaMA-2 7B
 

@@ -1,4 +1,4 @@
-"""`lwm_plugin.loss`: device-side weighting against an independent per-example reference; global N."""
+"""`lwm_plugin.losses.weighted`: device-side weighting against an independent per-example reference; global N."""
 
 import textwrap
 
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_python
 from data_loaders.packing import pack_examples
-from lwm_plugin.loss import LossWeighting, batch_totals, modality_losses, weighted_sums
+from lwm_plugin.losses.weighted import LossWeighting, batch_totals, modality_losses, weighted_sums
 
 
 def _examples(rng, n):
@@ -104,7 +104,7 @@ def test_n_is_counted_over_the_global_batch_on_four_devices():
       import jax, jax.numpy as jnp, numpy as np
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
       from data_loaders.packing import pack_examples
-      from lwm_plugin.loss import LossWeighting, batch_totals, weighted_sums
+      from lwm_plugin.losses.weighted import LossWeighting, batch_totals, weighted_sums
       rng = np.random.default_rng(1)
       examples = []
       for _ in range(40):
