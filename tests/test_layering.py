@@ -73,3 +73,16 @@ def test_the_scanner_sees_cycles_local_imports_and_arrows(tmp_path):
   assert graph.package_arrows() == {("low", "high")}
   assert sorted(t for _, _, t in graph.local) == ["high.c", "low.a"]
   assert "maxtext" in graph.external["low.a"] and "high.c" in graph.reaches("low")
+
+
+def test_module_names_are_unique_across_packages():
+  """No two modules share a name in different packages, and no `x.py` sits beside an `x/` package."""
+  graph = _graph()
+  names: dict[str, list[str]] = {}
+  for module, path in graph.files.items():
+    if path.name not in ("__init__.py", "__main__.py"):
+      names.setdefault(path.stem, []).append(module)
+  assert not {n: ms for n, ms in names.items() if len(ms) > 1}
+  packages = {m for m, p in graph.files.items() if p.name == "__init__.py"}
+  assert not sorted(m for m in graph.files if m in packages and graph.files[m].name != "__init__.py")
+  assert not sorted(p for p in packages if (REPO / (p.replace(".", "/") + ".py")).exists())
