@@ -125,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # no "PyTorch was not found" notice
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("conversion").setLevel(logging.INFO)
+  # Orbax's reads of a damaged checkpoint leave failed asyncio tasks whose tracebacks asyncio logs at
+  # exit; the ConversionError below already names the checkpoint and the leaf.
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  from conversion.atomic import Terminated  # pylint: disable=import-outside-toplevel
   from conversion.spec import ConversionError  # pylint: disable=import-outside-toplevel
 
   try:
@@ -135,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     print(f"{PROG}: interrupted; no output written", file=sys.stderr)
     return 130
+  except Terminated as e:
+    print(f"{PROG}: terminated; no output written", file=sys.stderr)
+    return 128 + e.signum
   return 0
 
 

@@ -6,7 +6,11 @@ live under `params/params/...` (next to `opt_state`, `step`, ... in training che
 just `{"params": {"params": tree}}` at step 0, like MaxText's own converters write.
 
 Reading: `ocp.metadata` lists the leaves without reading data; each `read(path)` restores one leaf
-(`partial_load`), so peak memory is one tensor.
+(`partial_load`), so peak memory is one tensor. A checkpoint is user input: before Orbax sees it,
+its two JSON metadata files and (for OCDBT) its manifest are checked to exist and parse, because
+Orbax answers a corrupt metadata file with a logged warning and an empty tree, and a missing one
+with an internal layout error. Any error Orbax or TensorStore raises while reading becomes a
+ConversionError naming the directory (and the leaf).
 
 Writing: MaxText's `save_weights_to_checkpoint` needs the whole model in memory. We use Orbax's
 partial save instead (`ocp.partial.save` per leaf, then `ocp.partial.finalize`), so peak memory is
@@ -35,6 +39,8 @@ LeafPath = tuple[str, ...]
 ITEMS = "items"
 _PARTIAL_SAVE_NAME = "state"          # the checkpointable name `ocp.partial.save` uses
 _METADATA_FILE = "_CHECKPOINT_METADATA"
+_PYTREE_METADATA_FILE = "_METADATA"   # inside `items`
+_OCDBT_MANIFEST = "manifest.ocdbt"
 
 
 def _context() -> ocp.Context:
@@ -69,13 +75,47 @@ def step_dir_of(checkpoint: str | os.PathLike) -> Path:
   return step
 
 
+def _json_object(path: Path) -> dict:
+  """The JSON object in `path`, or a ConversionError naming the file."""
+  if not path.is_file():
+    raise ConversionError(f"{path}: missing; not a complete Orbax checkpoint")
+  try:
+    value = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise ConversionError(f"{path}: unreadable Orbax metadata ({e})") from e
+  if not isinstance(value, dict):
+    raise ConversionError(f"{path}: Orbax metadata is not a JSON object")
+  return value
+
+
+def _check_layout(step_dir: Path) -> None:
+  """The metadata files Orbax needs exist and parse (a corrupt or missing one is named here)."""
+  _json_object(step_dir / _METADATA_FILE)
+  items_meta = _json_object(step_dir / ITEMS / _PYTREE_METADATA_FILE)
+  if not isinstance(items_meta.get("tree_metadata"), dict):
+    raise ConversionError(f"{step_dir / ITEMS / _PYTREE_METADATA_FILE}: no tree_metadata object; "
+                          "not an Orbax PyTree checkpoint")
+  if items_meta.get("use_ocdbt") and not (step_dir / ITEMS / _OCDBT_MANIFEST).is_file():
+    raise ConversionError(f"{step_dir / ITEMS}: missing {_OCDBT_MANIFEST}; not a complete Orbax checkpoint")
+
+
+def _first_line(e: BaseException) -> str:
+  return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
 class ParamsReader:
   """The `params/params` leaves of a MaxText checkpoint, restored one by one."""
 
   def __init__(self, checkpoint: str | os.PathLike):
     self.step_dir = step_dir_of(checkpoint)
-    with _context():
-      tree = ocp.metadata(self.step_dir, checkpointable_name=ITEMS).metadata
+    _check_layout(self.step_dir)
+    try:
+      with _context():
+        tree = ocp.metadata(self.step_dir, checkpointable_name=ITEMS).metadata
+    except Exception as e:   # pylint: disable=broad-exception-caught  (Orbax raises many kinds; all mean unreadable)
+      raise ConversionError(f"{self.step_dir}: Orbax cannot read this checkpoint's metadata ({_first_line(e)})") from e
+    if tree is None:
+      raise ConversionError(f"{self.step_dir / ITEMS}: Orbax cannot read this checkpoint's metadata")
     params = tree.get("params", {}).get("params") if isinstance(tree, dict) else None
     if not params:
       raise ConversionError(f"{self.step_dir / ITEMS}: no params/params subtree in this checkpoint")
@@ -89,8 +129,11 @@ class ParamsReader:
 
   def read(self, path: LeafPath) -> np.ndarray:
     meta = self._meta[path]
-    with _context():
-      restored = ocp.load(self.step_dir, _nest(path, np.empty(meta.shape, meta.dtype)), checkpointable_name=ITEMS)
+    try:
+      with _context():
+        restored = ocp.load(self.step_dir, _nest(path, np.empty(meta.shape, meta.dtype)), checkpointable_name=ITEMS)
+    except Exception as e:   # pylint: disable=broad-exception-caught  (TensorStore/Orbax errors: damaged data)
+      raise ConversionError(f"{self.step_dir / ITEMS}: cannot read {'/'.join(path)} ({_first_line(e)})") from e
     leaf: Any = restored["params"]["params"]
     for key in path:
       leaf = leaf[key]
