@@ -92,8 +92,7 @@ class LwmSource:
     self._add_vocab(keys, vocab, extend_vocab)
     unknown = sorted("/".join(k) for k in keys - self._used_keys())
     if unknown:
-      raise ConversionError(f"{self._where}: unexpected tensor(s) {unknown[:5]} (not part of an LWM Llama model; "
-                            "only params files are supported, not train states)")
+      raise ConversionError(f"{self._where}: unexpected tensor(s) {unknown[:5]} (not part of an LWM Llama model)")
 
   def _used_keys(self) -> set[Key]:
     used = {key for key, _, _ in self._map.values()}

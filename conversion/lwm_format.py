@@ -9,10 +9,15 @@ past the data) and decodes a tensor only when asked. `flax.serialization.msgpack
 decodes values, chunked ones included.
 
 Keys start with `params` (the released files hold `train_state.params`); the prefix is dropped.
+A `streaming_train_state` file (saved with `save_optimizer_state`) holds the whole flax TrainState:
+`step`, `opt_state/...` and the parameters under `params/params/...`. Its parameters are read the
+way LWM's own `trainstate_params::` loader reads them: the records under `params/params` with that
+prefix dropped; the step and optimizer records are indexed (headers only) and left unread.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from pathlib import Path
@@ -23,7 +28,9 @@ from flax import serialization
 
 from conversion.spec import ConversionError
 
+log = logging.getLogger(__name__)
 Key = tuple[str, ...]
+_TRAIN_STATE_PARAMS = ("params", "params")
 _HEAD_BYTES = 64 * 1024
 # msgpack headers of a byte string: marker -> (size of the length field); bin 8/16/32, str 8/16/32.
 _LENGTH_BYTES = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
@@ -74,8 +81,17 @@ def _encoded_shape(head: bytes, where: str) -> tuple[int, ...]:
   raise ConversionError(f"{where}: value is not a flax-serialized array")
 
 
-def _strip_prefix(key: Key) -> Key:
-  return key[1:] if key and key[0] == "params" else key
+def _params_of(index: dict[Key, tuple[int, int]], where: str) -> tuple[dict[Key, tuple[int, int]], bool]:
+  """(the parameter records with their prefix dropped, whether the file is a train state)."""
+  if any(key[:2] == _TRAIN_STATE_PARAMS for key in index):
+    return {key[2:]: span for key, span in index.items() if key[:2] == _TRAIN_STATE_PARAMS}, True
+  params: dict[Key, tuple[int, int]] = {}
+  for key, span in index.items():
+    short = key[1:] if key and key[0] == "params" else key
+    if short in params:
+      raise ConversionError(f"{where}: tensor {'/'.join(short)} appears twice (with and without the params prefix)")
+    params[short] = span
+  return params, False
 
 
 class LwmFile:
@@ -104,13 +120,17 @@ class LwmFile:
         start, length = _value_span(head, unpacker.tell(), where)
         if offset + start + length > size:
           raise ConversionError(f"{where}: file is truncated (tensor {'/'.join(key)} runs past the end)")
-        key = _strip_prefix(key)
         if key in self._index:
           raise ConversionError(f"{where}: tensor {'/'.join(key)} appears twice")
         self._index[key] = (offset + start, length)
         offset += start + length
     if not self._index:
       raise ConversionError(f"{path}: empty LWM params file")
+    records = len(self._index)
+    self._index, self.train_state = _params_of(self._index, str(self.path))
+    if self.train_state:
+      log.info("%s is a train state: reading its %d parameter tensors, skipping %d step/optimizer records",
+               self.path, len(self._index), records - len(self._index))
 
   def keys(self) -> list[Key]:
     return list(self._index)
