@@ -125,11 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # no "PyTorch was not found" notice
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("conversion").setLevel(logging.INFO)
-  # Orbax's reads of a damaged checkpoint leave failed asyncio tasks whose tracebacks asyncio logs at
-  # exit; the ConversionError below already names the checkpoint and the leaf.
-  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-  from conversion.atomic import Terminated  # pylint: disable=import-outside-toplevel
-  from conversion.spec import ConversionError  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel  (after the environment above is set)
+  from conversion.atomic import Terminated
+  from conversion.orbax_params import quiet_failed_read_noise
+  from conversion.spec import ConversionError
+
+  quiet_failed_read_noise()
 
   try:
     _run(args)

@@ -6,6 +6,9 @@ hand the user a model that silently produces NaN. Every converter checks each te
 each tensor it writes, so the message names the tensor at fault in the user's terms: a source
 tensor for a corrupt input, an output tensor plus its dtype for an overflowing cast.
 
+`cast` is the converters' narrowing cast: numpy's overflow warning is silenced there, because
+`check_finite` on the result reports the overflow as an error that names the tensor.
+
 The check walks the array in chunks, so its temporary memory is bounded (a 7B model's scanned MLP
 kernel has 1.4e9 elements; one boolean mask over it would be 1.4 GB).
 """
@@ -37,3 +40,9 @@ def check_finite(x: np.ndarray, name: str, where: str, *, after: str = "") -> No
   cause = f" after {after}" if after else ""
   raise ConversionError(f"{where}: tensor {name} has {nan} NaN and {inf} infinite value(s){cause} (first at "
                         f"index {index}); refusing to convert it")
+
+
+def cast(x: np.ndarray, dtype) -> np.ndarray:
+  """`x.astype(dtype)` without numpy's overflow warning (follow it with `check_finite(..., after=...)`)."""
+  with np.errstate(over="ignore"):
+    return x.astype(dtype)

@@ -10,7 +10,9 @@ Reading: `ocp.metadata` lists the leaves without reading data; each `read(path)`
 its two JSON metadata files and (for OCDBT) its manifest are checked to exist and parse, because
 Orbax answers a corrupt metadata file with a logged warning and an empty tree, and a missing one
 with an internal layout error. Any error Orbax or TensorStore raises while reading becomes a
-ConversionError naming the directory (and the leaf).
+ConversionError naming the directory (and the leaf). A failed read also leaves TensorStore callbacks
+that reach Orbax's event loop after it closed; `quiet_failed_read_noise` keeps their tracebacks off
+a command line whose error message has already said what is wrong.
 
 Writing: MaxText's `save_weights_to_checkpoint` needs the whole model in memory. We use Orbax's
 partial save instead (`ocp.partial.save` per leaf, then `ocp.partial.finalize`), so peak memory is
@@ -24,7 +26,9 @@ from MaxText's `checkpoint_context.build_context` (OCDBT + zarr3, MaxText's chun
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +101,28 @@ def _check_layout(step_dir: Path) -> None:
                           "not an Orbax PyTree checkpoint")
   if items_meta.get("use_ocdbt") and not (step_dir / ITEMS / _OCDBT_MANIFEST).is_file():
     raise ConversionError(f"{step_dir / ITEMS}: missing {_OCDBT_MANIFEST}; not a complete Orbax checkpoint")
+
+
+def quiet_failed_read_noise() -> None:
+  """Process-wide (for command lines): drops the two kinds of noise a failed Orbax read leaves.
+
+  asyncio logs "Task exception was never retrieved" with a traceback for Orbax's failed tasks, and
+  TensorStore threads completing futures after Orbax closed its uvloop raise "Event loop is closed"
+  as unraisable exceptions (printed as bare tracebacks, often at exit). Both follow an error that
+  `ParamsReader` has already turned into a ConversionError. Other unraisable exceptions still print.
+  """
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  previous = sys.unraisablehook
+  if getattr(previous, "lwm_closed_loop_filter", False):
+    return
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.lwm_closed_loop_filter = True   # type: ignore[attr-defined]
+  sys.unraisablehook = hook
 
 
 def _first_line(e: BaseException) -> str:
