@@ -58,6 +58,8 @@ def _leftover_is_ours_and_dead(path: Path, final: Path) -> str | None:
   try:
     pid = int(path.name.rsplit(".partial-", 1)[1])
   except ValueError:
+    pid = 0
+  if pid <= 0:
     return "its name has no process id"
   marker = path / MARKER
   if path.is_symlink() or not path.is_dir() or marker.is_symlink() or not marker.is_file():
@@ -75,7 +77,8 @@ def _leftover_is_ours_and_dead(path: Path, final: Path) -> str | None:
 
 def _remove_leftovers(final: Path) -> None:
   """Removes the `<final>.partial-<pid>` directories of earlier killed runs to the same target."""
-  for path in sorted(final.parent.glob(f"{final.name}.partial-*")):
+  prefix = f"{final.name}.partial-"   # compared as a string: the name may hold glob characters
+  for path in sorted(p for p in final.parent.iterdir() if p.name.startswith(prefix)):
     reason = _leftover_is_ours_and_dead(path, final)
     if reason is None:
       log.warning("removing %s, left by an earlier run that was killed", path)
@@ -94,7 +97,8 @@ def _sigterm_raises() -> Iterator[None]:
   try:
     yield
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    # None: the previous handler was not set from Python; the default is the best restoration.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,8 @@ import re
 import sys
 from typing import Any, Sequence
 
+from conversion.atomic import Terminated
+from conversion.spec import ConversionError
 from lwm_plugin.config_files import ConfigError, resolve_config_file
 
 PROG = "lwm-convert"
@@ -125,10 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # no "PyTorch was not found" notice
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("conversion").setLevel(logging.INFO)
-  # pylint: disable=import-outside-toplevel  (after the environment above is set)
-  from conversion.atomic import Terminated
+  # pylint: disable-next=import-outside-toplevel  (imports JAX: after JAX_PLATFORMS above)
   from conversion.orbax_params import quiet_failed_read_noise
-  from conversion.spec import ConversionError
 
   quiet_failed_read_noise()
 

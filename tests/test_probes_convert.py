@@ -9,7 +9,9 @@ the inputs untouched). The inputs are small models in the shape of `tiny_cpu.yml
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +260,24 @@ def test_from_lwm_bad_files(tmp_path, capsys, inputs):
          "file is truncated")
   _probe(capsys, tmp_path, _from_lwm(tmp_path / "missing", tmp_path / "out"),
          f"{tmp_path / 'missing'}: no such LWM params file")
+
+
+# ---------------------------------------------------------------------------------------- signals
+def test_sigterm_during_a_conversion_writes_nothing(tmp_path, capsys, inputs, monkeypatch):
+  original, calls = ParamsWriter.add, []
+
+  def add_then_sigterm(self, path, x):
+    original(self, path, x)
+    calls.append(path)
+    if len(calls) == 3:   # a real SIGTERM to this process, half way through the output
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(ParamsWriter, "add", add_then_sigterm)
+  before = _snapshot(tmp_path)
+  assert cli.main([*_from_hf(inputs / "hf", tmp_path / "out"), "--no-progress"]) == 128 + signal.SIGTERM
+  assert "lwm-convert: terminated; no output written" in capsys.readouterr().err
+  assert len(calls) == 3 and _snapshot(tmp_path) == before
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is back
 
 
 # ------------------------------------------------------------------------------ through a subprocess
