@@ -23,6 +23,7 @@ import json
 import math
 import pickle
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,6 +38,11 @@ _STORAGES = {
     "FloatStorage": np.float32, "HalfStorage": np.float16, "BFloat16Storage": ml_dtypes.bfloat16,
     "DoubleStorage": np.float64, "LongStorage": np.int64, "IntStorage": np.int32, "BoolStorage": np.bool_,
 }
+
+
+# What `zipfile` raises on a damaged archive: bad CRC or headers, an unsupported compression method or
+# version, encryption (RuntimeError), a short member (EOFError), a bad seek (OSError), zlib errors.
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError, zlib.error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +152,10 @@ class _BinFile:
       raise ConversionError(f"{path}: not a zip-format torch checkpoint (legacy torch < 1.6 files are not supported)")
     try:
       self.root, self.tensors = _records(path)
-    except zipfile.BadZipFile as e:
-      raise ConversionError(f"{path}: damaged zip file ({e})") from e
+    except ConversionError:
+      raise
+    except _ZIP_ERRORS as e:
+      raise ConversionError(f"{path}: damaged zip file ({type(e).__name__}: {e})") from e
 
   def get(self, name: str) -> np.ndarray:
     """The tensor as a contiguous array (its record was checked against the storage size on open)."""
@@ -155,8 +163,8 @@ class _BinFile:
     try:
       with zipfile.ZipFile(self.path) as z:
         data = z.read(f"{self.root}data/{t.storage.key}")
-    except (zipfile.BadZipFile, OSError) as e:
-      raise ConversionError(f"{self.path}: tensor {name!r}: cannot read its storage ({e})") from e
+    except _ZIP_ERRORS as e:
+      raise ConversionError(f"{self.path}: tensor {name!r}: cannot read its storage ({type(e).__name__}: {e})") from e
     if len(data) != t.storage.numel * t.storage.dtype.itemsize:   # the zip's size field was checked, its data not
       raise ConversionError(f"{self.path}: tensor {name!r}: storage {t.storage.key} holds {len(data)} bytes, "
                             f"expected {t.storage.numel * t.storage.dtype.itemsize}")

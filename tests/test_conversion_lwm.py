@@ -10,6 +10,7 @@ from conversion import from_lwm, to_hf
 from conversion.lwm_format import LwmFile
 from conversion.orbax_params import ParamsReader, ParamsWriter
 from conversion.spec import ConversionError, ModelSpec
+from damage import damaged_copies
 from lwm_checkpoints import expected_hf, lwm_tree, write_lwm, write_lwm_train_state
 from lwm_plugin.vocab import MultimodalVocab
 
@@ -146,3 +147,22 @@ def test_train_state_converts_like_its_params(tmp_path, vocab):
   assert from_state.shapes() == from_params.shapes()
   for path in from_params.shapes():
     np.testing.assert_array_equal(from_state.read(path), from_params.read(path), err_msg="/".join(path))
+
+
+def test_damaged_files_fail_with_conversion_errors_only(tmp_path):
+  # Whatever damaged msgpack/flax bytes make the decoders raise, the reader answers with a ConversionError
+  # naming the file (or reads it: a flipped byte inside float data is not detectable).
+  tree = {("transformer", "wte", "embedding"): np.arange(12, dtype=np.float32).reshape(4, 3),
+          ("lm_head", "kernel"): np.ones((3, 4), ml_dtypes.bfloat16)}
+  write_lwm(tmp_path / "src", tree)
+  errors = 0
+  for data in damaged_copies((tmp_path / "src").read_bytes(), 400):
+    (tmp_path / "params").write_bytes(data)
+    try:
+      lwm = LwmFile(tmp_path / "params")
+      for key in lwm.keys():
+        assert lwm.read(key).shape == lwm.shape(key)
+    except ConversionError as e:
+      assert str(tmp_path / "params") in str(e)
+      errors += 1
+  assert errors > 200

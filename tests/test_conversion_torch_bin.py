@@ -13,7 +13,8 @@ import pytest
 
 from conversion.spec import ConversionError
 from conversion.torch_bin import TorchBinReader
-from torch_checkpoints import StorageRecord, TensorRecord, write_bin
+from damage import damaged_copies
+from torch_checkpoints import StorageRecord, TensorRecord, write_arrays, write_bin
 
 
 def test_torch_bin_reader_refuses_code_and_legacy_files(tmp_path):
@@ -85,3 +86,20 @@ def test_one_storage_read_as_two_dtypes_is_refused(tmp_path):
             {"0": _floats(8)})
   with pytest.raises(ConversionError, match=r"tensor 'b': storage 0 is read as float16 here and as float32"):
     TorchBinReader(tmp_path)
+
+
+def test_damaged_files_fail_with_conversion_errors_only(tmp_path):
+  # Whatever a damaged zip/pickle makes zipfile or pickle raise, the reader answers with a ConversionError
+  # naming the file (or reads it, when the damage hit bytes nothing checks).
+  write_arrays(tmp_path / "src.bin", {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.float32)})
+  errors = 0
+  for data in damaged_copies((tmp_path / "src.bin").read_bytes(), 400):
+    (tmp_path / "pytorch_model.bin").write_bytes(data)
+    try:
+      reader = TorchBinReader(tmp_path)
+      for name in reader.shapes():
+        reader.get(name)
+    except ConversionError as e:
+      assert str(tmp_path / "pytorch_model.bin") in str(e)
+      errors += 1
+  assert errors > 300

@@ -21,7 +21,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from conftest import REPO, subprocess_env
-from conversion import cli, from_hf, names
+from conversion import cli, from_hf, names, to_hf
 from conversion.orbax_params import ParamsReader, ParamsWriter
 from conversion.spec import ModelSpec
 from lwm_checkpoints import lwm_tree, write_lwm
@@ -260,6 +260,19 @@ def test_from_lwm_bad_files(tmp_path, capsys, inputs):
          "file is truncated")
   _probe(capsys, tmp_path, _from_lwm(tmp_path / "missing", tmp_path / "out"),
          f"{tmp_path / 'missing'}: no such LWM params file")
+
+
+# ---------------------------------------------------------------------------------------- umask
+def test_outputs_follow_the_umask(tmp_path, inputs):
+  # Files were once created 0600 whatever the umask; every converter output follows it.
+  old = os.umask(0o027)
+  try:
+    from_hf.convert(SPEC, inputs / "hf", tmp_path / "mt", vocab=None, progress=False)
+    to_hf.convert(SPEC, tmp_path / "mt" / "0" / "items", tmp_path / "hf", vocab=None, progress=False)
+  finally:
+    os.umask(old)
+  modes = {(p.is_dir(), p.stat().st_mode & 0o777) for p in tmp_path.rglob("*")}
+  assert modes == {(True, 0o750), (False, 0o640)}
 
 
 # ---------------------------------------------------------------------------------------- signals
