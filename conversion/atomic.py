@@ -112,7 +112,10 @@ def output_dir(output: str | os.PathLike) -> Iterator[Path]:
   _remove_leftovers(final)
   tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
   with _sigterm_raises():
-    tmp.mkdir()   # raises if it exists: then it is not ours to remove
+    try:
+      tmp.mkdir()
+    except FileExistsError as e:   # _remove_leftovers left it: not provably ours to remove
+      raise ConversionError(f"{tmp} exists and is not a leftover of this converter; remove it") from e
     try:
       (tmp / MARKER).write_text(json.dumps({"pid": os.getpid(), "target": str(final)}), encoding="utf-8")
       yield tmp

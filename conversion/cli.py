@@ -137,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ConversionError, ConfigError) as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:   # the file system refused (permissions, disk full, ...): the message names the path
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
   except KeyboardInterrupt:
     print(f"{PROG}: interrupted; no output written", file=sys.stderr)
     return 130

@@ -8,6 +8,7 @@ the inputs untouched). The inputs are small models in the shape of `tiny_cpu.yml
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -314,3 +315,20 @@ def test_subprocess_crafted_bin_and_damaged_orbax_data(tmp_path, inputs):
     assert "lwm-convert: error:" in proc.stderr and message in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert _snapshot(tmp_path) == before
+
+
+
+def test_a_stranger_in_our_temporary_directory_name(tmp_path, capsys, inputs):
+  # `out.partial-<our pid>` without our marker: not ours to remove, and in the way.
+  stranger = tmp_path / f"out.partial-{os.getpid()}"
+  stranger.mkdir()
+  (stranger / "theirs.txt").write_text("keep")
+  _probe(capsys, tmp_path, _from_hf(inputs / "hf", tmp_path / "out"), f"{stranger} exists and is not a leftover")
+
+
+def test_disk_full_is_an_error_line_and_leaves_nothing(tmp_path, capsys, inputs, monkeypatch):
+  def full(self, path, x):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.step_dir / "/".join(path)))
+  monkeypatch.setattr(ParamsWriter, "add", full)
+  _probe(capsys, tmp_path, _from_hf(inputs / "hf", tmp_path / "out"), "No space left on device",
+         str(tmp_path / "out.partial-"))
