@@ -126,7 +126,10 @@ def quiet_failed_read_noise() -> None:
 
 
 def _first_line(e: BaseException) -> str:
-  return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+  """The gist of an Orbax/TensorStore error: its first line, without TensorStore's long spec dump."""
+  text = str(e).strip()
+  first = text.splitlines()[0] if text else ""
+  return f"{type(e).__name__}: {first.split(' [tensorstore_spec=')[0]}"
 
 
 class ParamsReader:
