@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from conversion import atomic, hooks, names
+from conversion.finite import cast, check_finite
 from conversion.from_hf import VOCAB_TENSORS, check_extension
 from conversion.orbax_params import ParamsReader, ParamsWriter
 from conversion.safetensors_io import dtype_from_name
@@ -35,7 +36,7 @@ def _grow(src: names.Rule, dst: names.Rule, x: np.ndarray, dtype: np.dtype) -> n
   """A vocabulary leaf with `src.hf_shape[0]` rows -> `dst.hf_shape[0]` rows, new rows = mean row."""
   layers = [dst.hook.from_hf(hooks.concat_rows([src.hook.to_hf(src.layer(x, i).astype(np.float32))],
                                                 dst.hf_shape[0])) for i in range(len(src.hf_names))]
-  return dst.stack(layers).astype(dtype)
+  return cast(dst.stack(layers), dtype)
 
 
 def convert(spec: ModelSpec, checkpoint: str | os.PathLike, output: str | os.PathLike, *, vocab: MultimodalVocab,
@@ -64,9 +65,12 @@ def convert(spec: ModelSpec, checkpoint: str | os.PathLike, output: str | os.Pat
       key = "/".join(src.mt_path)
       ledger.take(key, src.leaf_shape)
       x = reader.read(src.mt_path)
+      check_finite(x, key, where)
       out_dtype = dtype_from_name(dtype) if dtype else x.dtype
-      writer.add(dst.mt_path, _grow(src, dst, x, out_dtype) if src.hf_shape != dst.hf_shape else x.astype(out_dtype))
-      del x
+      y = _grow(src, dst, x, out_dtype) if src.hf_shape != dst.hf_shape else cast(x, out_dtype)
+      check_finite(y, "/".join(dst.mt_path), f"output {output}", after=f"the cast to {out_dtype}")
+      writer.add(dst.mt_path, y)
+      del x, y
     ledger.finish()
     writer.finish()
   log.info("wrote %s (load with load_parameters_path=%s/0/items)", output, output)

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from conversion import atomic, hooks, names, safetensors_io, torch_bin
+from conversion.finite import cast, check_finite
 from conversion.orbax_params import ParamsWriter
 from conversion.safetensors_io import dtype_from_name
 from conversion.spec import ConversionError, ModelSpec, check_hf_config, read_hf_config
@@ -114,10 +115,12 @@ def write_maxtext(spec: ModelSpec, source: HfSource, source_rows: int, output: s
         for i, name in enumerate(src.hf_names):
           ledger.take(name, src.hf_shape)
           x = np.asarray(source.get(name), np.float32)
+          check_finite(x, name, where)
           if x.shape != dst.hf_shape:   # a vocabulary table being grown (checked by check_extension)
             x = hooks.concat_rows([x], dst.hf_shape[0])
-          layers[i] = dst.hook.from_hf(x).astype(out_dtype)
+          layers[i] = cast(dst.hook.from_hf(x), out_dtype)
           bar.update()
+        check_finite(leaf, "/".join(dst.mt_path), f"output {output}", after=f"the cast to {out_dtype}")
         writer.add(dst.mt_path, leaf)
         del leaf, layers
     ledger.finish()

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from conversion import hooks
+from conversion.finite import check_finite
 from conversion.from_hf import check_extension, write_maxtext
 from conversion.lwm_checkpoint import Key, LwmFile
 from conversion.spec import ConversionError, ModelSpec
@@ -91,8 +92,7 @@ class LwmSource:
     self._add_vocab(keys, vocab, extend_vocab)
     unknown = sorted("/".join(k) for k in keys - self._used_keys())
     if unknown:
-      raise ConversionError(f"{self._where}: unexpected tensor(s) {unknown[:5]} (not part of an LWM Llama model; "
-                            "only params files are supported, not train states)")
+      raise ConversionError(f"{self._where}: unexpected tensor(s) {unknown[:5]} (not part of an LWM Llama model)")
 
   def _used_keys(self) -> set[Key]:
     used = {key for key, _, _ in self._map.values()}
@@ -167,14 +167,16 @@ class LwmSource:
     """One LWM tensor, cached: the layers of a scanned tensor are asked for one after another."""
     if self._cache is None or self._cache[0] != key:
       self._cache = None   # free the previous tensor before reading the next
-      self._cache = (key, np.asarray(self._lwm.read(key), np.float32))
+      x = np.asarray(self._lwm.read(key), np.float32)
+      check_finite(x, "/".join(key), self._where)
+      self._cache = (key, x)
     return self._cache[1]
 
   def get(self, name: str) -> np.ndarray:
     key, layer, hook = self._map[name]
     if name in (EMBED, HEAD) and self.vision:
       vision_key = VISION_EMBED if name == EMBED else VISION_HEAD
-      parts = [hook.to_hf(np.asarray(self._lwm.read(k), np.float32)) for k in (key, vision_key)]
+      parts = [hook.to_hf(self._read(k)) for k in (key, vision_key)]
       return hooks.concat_rows(parts, self.rows)
     x = self._read(key)
     return hook.to_hf(x[layer] if layer is not None else x)

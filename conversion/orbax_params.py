@@ -6,7 +6,13 @@ live under `params/params/...` (next to `opt_state`, `step`, ... in training che
 just `{"params": {"params": tree}}` at step 0, like MaxText's own converters write.
 
 Reading: `ocp.metadata` lists the leaves without reading data; each `read(path)` restores one leaf
-(`partial_load`), so peak memory is one tensor.
+(`partial_load`), so peak memory is one tensor. A checkpoint is user input: before Orbax sees it,
+its two JSON metadata files and (for OCDBT) its manifest are checked to exist and parse, because
+Orbax answers a corrupt metadata file with a logged warning and an empty tree, and a missing one
+with an internal layout error. Any error Orbax or TensorStore raises while reading becomes a
+ConversionError naming the directory (and the leaf). A failed read also leaves TensorStore callbacks
+that reach Orbax's event loop after it closed; `quiet_failed_read_noise` keeps their tracebacks off
+a command line whose error message has already said what is wrong.
 
 Writing: MaxText's `save_weights_to_checkpoint` needs the whole model in memory. We use Orbax's
 partial save instead (`ocp.partial.save` per leaf, then `ocp.partial.finalize`), so peak memory is
@@ -20,7 +26,9 @@ from MaxText's `checkpoint_context.build_context` (OCDBT + zarr3, MaxText's chun
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,8 @@ LeafPath = tuple[str, ...]
 ITEMS = "items"
 _PARTIAL_SAVE_NAME = "state"          # the checkpointable name `ocp.partial.save` uses
 _METADATA_FILE = "_CHECKPOINT_METADATA"
+_PYTREE_METADATA_FILE = "_METADATA"   # inside `items`
+_OCDBT_MANIFEST = "manifest.ocdbt"
 
 
 def _context() -> ocp.Context:
@@ -69,13 +79,72 @@ def step_dir_of(checkpoint: str | os.PathLike) -> Path:
   return step
 
 
+def _json_object(path: Path) -> dict:
+  """The JSON object in `path`, or a ConversionError naming the file."""
+  if not path.is_file():
+    raise ConversionError(f"{path}: missing; not a complete Orbax checkpoint")
+  try:
+    value = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise ConversionError(f"{path}: unreadable Orbax metadata ({e})") from e
+  if not isinstance(value, dict):
+    raise ConversionError(f"{path}: Orbax metadata is not a JSON object")
+  return value
+
+
+def _check_layout(step_dir: Path) -> None:
+  """The metadata files Orbax needs exist and parse (a corrupt or missing one is named here)."""
+  _json_object(step_dir / _METADATA_FILE)
+  items_meta = _json_object(step_dir / ITEMS / _PYTREE_METADATA_FILE)
+  if not isinstance(items_meta.get("tree_metadata"), dict):
+    raise ConversionError(f"{step_dir / ITEMS / _PYTREE_METADATA_FILE}: no tree_metadata object; "
+                          "not an Orbax PyTree checkpoint")
+  if items_meta.get("use_ocdbt") and not (step_dir / ITEMS / _OCDBT_MANIFEST).is_file():
+    raise ConversionError(f"{step_dir / ITEMS}: missing {_OCDBT_MANIFEST}; not a complete Orbax checkpoint")
+
+
+def quiet_failed_read_noise() -> None:
+  """Process-wide (for command lines): drops the two kinds of noise a failed Orbax read leaves.
+
+  asyncio logs "Task exception was never retrieved" with a traceback for Orbax's failed tasks, and
+  TensorStore threads completing futures after Orbax closed its uvloop raise "Event loop is closed"
+  as unraisable exceptions (printed as bare tracebacks, often at exit). Both follow an error that
+  `ParamsReader` has already turned into a ConversionError. Other unraisable exceptions still print.
+  """
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  previous = sys.unraisablehook
+  if getattr(previous, "lwm_closed_loop_filter", False):
+    return
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.lwm_closed_loop_filter = True   # type: ignore[attr-defined]
+  sys.unraisablehook = hook
+
+
+def _first_line(e: BaseException) -> str:
+  """The gist of an Orbax/TensorStore error: its first line, without TensorStore's long spec dump."""
+  text = str(e).strip()
+  first = text.splitlines()[0] if text else ""
+  return f"{type(e).__name__}: {first.split(' [tensorstore_spec=')[0]}"
+
+
 class ParamsReader:
   """The `params/params` leaves of a MaxText checkpoint, restored one by one."""
 
   def __init__(self, checkpoint: str | os.PathLike):
     self.step_dir = step_dir_of(checkpoint)
-    with _context():
-      tree = ocp.metadata(self.step_dir, checkpointable_name=ITEMS).metadata
+    _check_layout(self.step_dir)
+    try:
+      with _context():
+        tree = ocp.metadata(self.step_dir, checkpointable_name=ITEMS).metadata
+    except Exception as e:   # pylint: disable=broad-exception-caught  (Orbax raises many kinds; all mean unreadable)
+      raise ConversionError(f"{self.step_dir}: Orbax cannot read this checkpoint's metadata ({_first_line(e)})") from e
+    if tree is None:
+      raise ConversionError(f"{self.step_dir / ITEMS}: Orbax cannot read this checkpoint's metadata")
     params = tree.get("params", {}).get("params") if isinstance(tree, dict) else None
     if not params:
       raise ConversionError(f"{self.step_dir / ITEMS}: no params/params subtree in this checkpoint")
@@ -89,8 +158,11 @@ class ParamsReader:
 
   def read(self, path: LeafPath) -> np.ndarray:
     meta = self._meta[path]
-    with _context():
-      restored = ocp.load(self.step_dir, _nest(path, np.empty(meta.shape, meta.dtype)), checkpointable_name=ITEMS)
+    try:
+      with _context():
+        restored = ocp.load(self.step_dir, _nest(path, np.empty(meta.shape, meta.dtype)), checkpointable_name=ITEMS)
+    except Exception as e:   # pylint: disable=broad-exception-caught  (TensorStore/Orbax errors: damaged data)
+      raise ConversionError(f"{self.step_dir / ITEMS}: cannot read {'/'.join(path)} ({_first_line(e)})") from e
     leaf: Any = restored["params"]["params"]
     for key in path:
       leaf = leaf[key]

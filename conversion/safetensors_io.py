@@ -9,21 +9,25 @@ for one shard, else `model-0000k-of-0000N.safetensors` plus `model.safetensors.i
 (`{"metadata": {"total_parameters", "total_size"}, "weight_map"}`), metadata `{"format": "pt"}`.
 
 The reader opens a directory written by anyone (index or single file) with `safe_open(..., "np")`
-and reads one tensor per call; bfloat16 arrives as `ml_dtypes.bfloat16`.
+and reads one tensor per call; bfloat16 arrives as `ml_dtypes.bfloat16`. `safe_open` checks a
+file's header against its size (a truncated shard fails there); its errors, and an unreadable
+index, become ConversionErrors naming the file. Shard names in an index must be plain file names
+in the model directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from conversion.spec import ConversionError
 
@@ -144,6 +148,31 @@ class ShardedWriter:
     self._close_file()
 
 
+def _weight_map(index: Path) -> dict[str, str]:
+  """`weight_map` of a safetensors index: tensor name -> shard file name in the same directory."""
+  try:
+    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConversionError(f"{index}: not a safetensors index with a weight_map ({e!r})") from e
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise ConversionError(f"{index}: weight_map is not a non-empty object")
+  for name, file in weight_map.items():
+    if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+      raise ConversionError(f"{index}: weight_map puts {name!r} in {file!r}, not a file name in this directory")
+  return weight_map
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[Any]:
+  """`safe_open(path)`, with a damaged or truncated file reported by name."""
+  try:
+    handle = safe_open(str(path), framework="np")
+  except (SafetensorError, OSError) as e:
+    raise ConversionError(f"{path}: not a readable safetensors file ({e}); is it truncated?") from e
+  with handle:
+    yield handle
+
+
 class ShardedReader:
   """Lazy tensors of a Hugging Face safetensors directory (index + shards, or one file)."""
 
@@ -151,7 +180,7 @@ class ShardedReader:
     self._dir = Path(hf_dir)
     index = self._dir / INDEX_FILE
     if index.is_file():
-      weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+      weight_map = _weight_map(index)
     elif (self._dir / SINGLE_FILE).is_file():
       weight_map = None
     else:
@@ -162,7 +191,7 @@ class ShardedReader:
     for file in files:
       if not (self._dir / file).is_file():
         raise ConversionError(f"{hf_dir}: shard {file} named in {INDEX_FILE} is missing")
-      with safe_open(str(self._dir / file), framework="np") as handle:
+      with _open(self._dir / file) as handle:
         for name in handle.keys():
           self._where[name] = file
           self._shapes[name] = tuple(handle.get_slice(name).get_shape())
@@ -177,5 +206,9 @@ class ShardedReader:
   def get(self, name: str) -> np.ndarray:
     # Opened per tensor: a kept-open file stays memory-mapped, and every page read would stay
     # in this process's resident set until the end.
-    with safe_open(str(self._dir / self._where[name]), framework="np") as handle:
-      return handle.get_tensor(name)
+    path = self._dir / self._where[name]
+    try:
+      with _open(path) as handle:
+        return handle.get_tensor(name)
+    except (SafetensorError, TypeError, ValueError) as e:   # e.g. a dtype numpy has no type for
+      raise ConversionError(f"{path}: cannot read tensor {name!r} ({e})") from e

@@ -113,8 +113,13 @@ def read_hf_config(hf_dir: Path) -> dict[str, Any]:
   path = Path(hf_dir) / "config.json"
   if not path.is_file():
     raise ConversionError(f"{hf_dir}: no config.json (expected a Hugging Face model directory)")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    config = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise ConversionError(f"{path}: unreadable JSON ({e})") from e
+  if not isinstance(config, dict):
+    raise ConversionError(f"{path}: not a JSON object")
+  return config
 
 
 def check_hf_config(hf: dict[str, Any], spec: ModelSpec, where: str) -> int:
@@ -125,6 +130,9 @@ def check_hf_config(hf: dict[str, Any], spec: ModelSpec, where: str) -> int:
   """
   if hf.get("model_type") != "llama":
     raise ConversionError(f"{where}: model_type={hf.get('model_type')!r}, expected 'llama'")
+  for key in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers"):
+    if not isinstance(hf.get(key), int) or isinstance(hf.get(key), bool) or hf[key] <= 0:
+      raise ConversionError(f"{where}: {key}={hf.get(key)!r}, expected a positive integer")
   heads = hf["num_attention_heads"]
   dims = {
       "hidden_size": (hf["hidden_size"], spec.E, "base_emb_dim"),

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from conversion import atomic, names
 from conversion import model_vocab as vocab_lib
+from conversion.finite import cast, check_finite
 from conversion.orbax_params import ParamsReader
 from conversion.safetensors_io import DEFAULT_SHARD_BYTES, Entry, ShardedWriter, dtype_from_name
 from conversion.spec import ModelSpec
@@ -53,9 +54,11 @@ def convert(spec: ModelSpec, checkpoint: str | os.PathLike, output: str | os.Pat
       with tqdm(total=len(plan), unit="tensor", desc="to-hf", disable=not progress) as bar:
         for rule in rules:
           x = reader.read(rule.mt_path)
+          check_finite(x, "/".join(rule.mt_path), f"checkpoint {reader.step_dir}")
           for i, name in enumerate(rule.hf_names):
-            y = rule.hook.to_hf(rule.layer(x, i).astype(np.float32))
-            writer.write(name, np.asarray(y, np.float32).astype(out_dtype))
+            y = cast(np.asarray(rule.hook.to_hf(rule.layer(x, i).astype(np.float32)), np.float32), out_dtype)
+            check_finite(y, name, f"output {output}", after=f"the cast to {dtype}")
+            writer.write(name, y)
             bar.update()
           del x
       writer.close()

@@ -7,14 +7,23 @@ the raw little-endian bytes in `<root>/data/<key>`. A restricted unpickler resol
 names (anything else in the pickle is refused, so loading cannot run code) and returns lazy
 tensor records; `get` reads one storage from the zip and views it with the recorded strides.
 The legacy (pre-1.6, non-zip) format is refused with a message.
+
+The pickle is untrusted: `as_strided` trusts its arguments, so a crafted shape, stride or offset
+would read outside the storage (garbage in the checkpoint, or a segfault). Before any storage byte
+is read, every tensor is checked against its storage's size in the zip (`_check_tensor`): integer
+shape/stride/offset, none negative, the largest element index reachable inside the storage, no
+more elements than the storage holds (a broadcast view could make a tiny storage materialise
+terabytes), and the storage's byte size consistent with its declared type and element count.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pickle
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -31,10 +40,16 @@ _STORAGES = {
 }
 
 
+# What `zipfile` raises on a damaged archive: bad CRC or headers, an unsupported compression method or
+# version, encryption (RuntimeError), a short member (EOFError), a bad seek (OSError), zlib errors.
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError, zlib.error)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Storage:
   key: str
   dtype: np.dtype
+  numel: int   # the element count the pickle declares for the storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +60,16 @@ class _Tensor:
   stride: tuple[int, ...]
 
 
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _rebuild_tensor_v2(storage, offset, size, stride, *_):
-  return _Tensor(storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+  if not isinstance(storage, _Storage) or not _is_int(offset):
+    raise pickle.UnpicklingError("a tensor record without a storage and an integer offset")
+  if not (isinstance(size, tuple) and isinstance(stride, tuple) and all(map(_is_int, size + stride))):
+    raise pickle.UnpicklingError(f"a tensor with a non-integer shape {size!r} or stride {stride!r}")
+  return _Tensor(storage, offset, size, stride)
 
 
 class _Unpickler(pickle.Unpickler):
@@ -62,9 +85,62 @@ class _Unpickler(pickle.Unpickler):
     raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a plain state dict)")
 
   def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and pid[1] in _STORAGES):
+    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in _STORAGES
+            and isinstance(pid[2], str) and _is_int(pid[4])):
       raise pickle.UnpicklingError(f"unsupported storage {pid!r}")
-    return _Storage(str(pid[2]), np.dtype(_STORAGES[pid[1]]))
+    return _Storage(pid[2], np.dtype(_STORAGES[pid[1]]), pid[4])
+
+
+def _check_tensor(t: _Tensor, storage_bytes: int | None, seen: dict[str, np.dtype]) -> str | None:
+  """Why the tensor cannot be viewed safely in its storage of `storage_bytes` bytes, or None."""
+  if storage_bytes is None:
+    return f"its storage data/{t.storage.key} is not in the file"
+  if seen.setdefault(t.storage.key, t.storage.dtype) != t.storage.dtype:
+    return f"storage {t.storage.key} is read as {t.storage.dtype} here and as {seen[t.storage.key]} elsewhere"
+  itemsize = t.storage.dtype.itemsize
+  if storage_bytes != t.storage.numel * itemsize:
+    return (f"storage {t.storage.key} holds {storage_bytes} bytes, but is declared as {t.storage.numel} "
+            f"{t.storage.dtype} elements ({t.storage.numel * itemsize} bytes)")
+  if len(t.shape) != len(t.stride):
+    return f"shape {t.shape} and stride {t.stride} differ in length"
+  if t.offset < 0 or any(d < 0 for d in t.shape) or any(s < 0 for s in t.stride):
+    return f"negative offset, shape or stride (offset {t.offset}, shape {t.shape}, stride {t.stride})"
+  numel = math.prod(t.shape)
+  if numel == 0:
+    return None
+  last = t.offset + sum((d - 1) * s for d, s in zip(t.shape, t.stride))
+  if last >= t.storage.numel:
+    return (f"shape {t.shape}, stride {t.stride}, offset {t.offset} reach element {last} of a storage with "
+            f"{t.storage.numel} elements")
+  if numel > t.storage.numel:
+    return f"shape {t.shape} has {numel} elements, more than its storage's {t.storage.numel}"
+  return None
+
+
+def _records(path: Path) -> tuple[str, dict[str, _Tensor]]:
+  """(archive root, checked tensor records) of a torch.save zip file; no storage byte is read."""
+  with zipfile.ZipFile(path) as z:
+    pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pkl) != 1:
+      raise ConversionError(f"{path}: no data.pkl in this torch checkpoint")
+    root = pkl[0][:-len("data.pkl")]
+    byteorder = root + "byteorder"
+    if byteorder in z.namelist() and z.read(byteorder).strip() != b"little":
+      raise ConversionError(f"{path}: big-endian torch checkpoints are not supported")
+    try:
+      state = _Unpickler(z.open(pkl[0])).load()
+    except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, IndexError, KeyError, EOFError) as e:
+      raise ConversionError(f"{path}: not a plain state dict of tensors ({e})") from e
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, _Tensor)
+                                              for k, v in state.items()):
+      raise ConversionError(f"{path}: not a plain state dict of tensors")
+    sizes = {info.filename: info.file_size for info in z.infolist()}
+  seen: dict[str, np.dtype] = {}
+  for name, t in state.items():
+    problem = _check_tensor(t, sizes.get(f"{root}data/{t.storage.key}"), seen)
+    if problem:
+      raise ConversionError(f"{path}: tensor {name!r}: {problem}; refusing a malformed checkpoint")
+  return root, dict(state)
 
 
 class _BinFile:
@@ -74,30 +150,41 @@ class _BinFile:
     self.path = path
     if not zipfile.is_zipfile(path):
       raise ConversionError(f"{path}: not a zip-format torch checkpoint (legacy torch < 1.6 files are not supported)")
-    with zipfile.ZipFile(path) as z:
-      pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-      if len(pkl) != 1:
-        raise ConversionError(f"{path}: no data.pkl in this torch checkpoint")
-      self.root = pkl[0][:-len("data.pkl")]
-      byteorder = self.root + "byteorder"
-      if byteorder in z.namelist() and z.read(byteorder).strip() != b"little":
-        raise ConversionError(f"{path}: big-endian torch checkpoints are not supported")
-      try:
-        state = _Unpickler(z.open(pkl[0])).load()
-      except (pickle.UnpicklingError, AttributeError, TypeError, EOFError) as e:
-        raise ConversionError(f"{path}: not a plain state dict of tensors ({e})") from e
-    if not isinstance(state, dict) or not all(isinstance(v, _Tensor) for v in state.values()):
-      raise ConversionError(f"{path}: not a plain state dict of tensors")
-    self.tensors: dict[str, _Tensor] = dict(state)
+    try:
+      self.root, self.tensors = _records(path)
+    except ConversionError:
+      raise
+    except _ZIP_ERRORS as e:
+      raise ConversionError(f"{path}: damaged zip file ({type(e).__name__}: {e})") from e
 
   def get(self, name: str) -> np.ndarray:
+    """The tensor as a contiguous array (its record was checked against the storage size on open)."""
     t = self.tensors[name]
-    with zipfile.ZipFile(self.path) as z:
-      data = z.read(f"{self.root}data/{t.storage.key}")
+    try:
+      with zipfile.ZipFile(self.path) as z:
+        data = z.read(f"{self.root}data/{t.storage.key}")
+    except _ZIP_ERRORS as e:
+      raise ConversionError(f"{self.path}: tensor {name!r}: cannot read its storage ({type(e).__name__}: {e})") from e
+    if len(data) != t.storage.numel * t.storage.dtype.itemsize:   # the zip's size field was checked, its data not
+      raise ConversionError(f"{self.path}: tensor {name!r}: storage {t.storage.key} holds {len(data)} bytes, "
+                            f"expected {t.storage.numel * t.storage.dtype.itemsize}")
     flat = np.frombuffer(data, dtype=t.storage.dtype)
     itemsize = t.storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(flat[t.offset:], shape=t.shape, strides=[s * itemsize for s in t.stride])
     return np.array(view)   # a contiguous copy; the storage bytes are freed on return
+
+
+def _index_files(index: Path) -> list[str]:
+  """The shard file names of `pytorch_model.bin.index.json`: plain names inside its directory."""
+  try:
+    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    files = sorted(set(weight_map.values()))
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ConversionError(f"{index}: not a weights index with a weight_map ({e!r})") from e
+  for file in files:
+    if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+      raise ConversionError(f"{index}: weight_map names {file!r}, not a file name in this directory")
+  return files
 
 
 class TorchBinReader:
@@ -106,8 +193,7 @@ class TorchBinReader:
   def __init__(self, hf_dir: Path):
     hf_dir = Path(hf_dir)
     index = hf_dir / INDEX_FILE
-    files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())) if index.is_file() \
-        else [SINGLE_FILE]
+    files = _index_files(index) if index.is_file() else [SINGLE_FILE]
     self._where: dict[str, _BinFile] = {}
     for file in files:
       if not (hf_dir / file).is_file():

@@ -17,12 +17,15 @@ from conversion import from_hf as from_hf_lib
 from conversion import from_lwm as from_lwm_lib
 from conversion import model_vocab
 from conversion import to_hf as to_hf_lib
+from conversion.orbax_params import quiet_failed_read_noise
 from conversion.spec import ModelSpec
 from lwm_plugin import integration
 from lwm_plugin.config.files import resolve_config_file
 from lwm_plugin.config.lwm_config import check_keys
 
 DEFAULT_SHARD_BYTES = 5 << 30
+
+__all__ = ["extend_vocab", "from_hf", "from_lwm", "quiet_failed_read_noise", "resolve", "to_hf"]
 
 
 def resolve(config_file: str, overrides: Sequence[str] = ()) -> Any:

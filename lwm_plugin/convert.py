@@ -25,6 +25,7 @@ import re
 import sys
 from typing import Sequence
 
+from conversion.atomic import Terminated
 from conversion.spec import ConversionError
 from lwm_plugin.config.files import ConfigError
 
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
   from lwm_plugin import checkpoints  # pylint: disable=import-outside-toplevel  (MaxText/JAX after JAX_PLATFORMS)
 
+  checkpoints.quiet_failed_read_noise()  # a command line: Orbax's noise after a failed read is not for the user
   common = dict(overrides=args.overrides, progress=not args.no_progress)
   if args.command == "to-hf":
     checkpoints.to_hf(args.config, args.checkpoint, args.output, dtype=args.dtype, tokenizer=not args.no_tokenizer,
@@ -102,9 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ConversionError, ConfigError) as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:   # the file system refused (permissions, disk full, ...): the message names the path
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
   except KeyboardInterrupt:
     print(f"{PROG}: interrupted; no output written", file=sys.stderr)
     return 130
+  except Terminated as e:
+    print(f"{PROG}: terminated; no output written", file=sys.stderr)
+    return 128 + e.signum
   return 0
 
 

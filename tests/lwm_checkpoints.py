@@ -54,6 +54,21 @@ def write_lwm(path, tree):
       f.write(packer.pack((("params",) + key, serialization.to_bytes(value))))
 
 
+def write_lwm_train_state(path, tree, step=7):
+  """An EasyLM/LWM `streaming_train_state`: flatten_dict of the flax TrainState {step, params, opt_state},
+  with the model under params/params (flax variables) and Adam moments shaped like it under opt_state."""
+  packer = msgpack.Packer()
+  with open(path, "wb") as f:
+    f.write(packer.pack((("step",), serialization.to_bytes(np.asarray(step, np.int32)))))
+    for key, value in tree.items():
+      f.write(packer.pack((("params", "params") + key, serialization.to_bytes(value))))
+    f.write(packer.pack((("opt_state", "0", "count"), serialization.to_bytes(np.asarray(step, np.int32)))))
+    for moment in ("mu", "nu"):
+      for key, value in tree.items():
+        f.write(packer.pack((("opt_state", "0", moment, "params") + key,
+                             serialization.to_bytes(np.full_like(value, 0.01)))))
+
+
 def expected_hf(tree, *, H, L, rows):
   """HF tensors of an LWM tree (EasyLM's converter: transpose kernels, permute wq/wk rows, stack tables)."""
   def permute(w, heads):  # convert_easylm_to_hf.permute: interleaved pairs -> rotate-half

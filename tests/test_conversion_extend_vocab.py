@@ -19,10 +19,12 @@ def _spec(V: int, scanned: bool) -> ModelSpec:
                    tie_embeddings=False, scan_layers=scanned)
 
 
-def _write(path, spec: ModelSpec, scanned: bool, dtype=np.float32) -> dict:
-  """A random params-only checkpoint for `spec`; returns its leaves by path."""
+def _write(path, spec: ModelSpec, scanned: bool, dtype=np.float32, poison=None) -> dict:
+  """A random params-only checkpoint for `spec`; returns its leaves by path. `poison(leaves)` edits them."""
   rng = np.random.default_rng(0)
   leaves = {r.mt_path: rng.standard_normal(r.leaf_shape).astype(dtype) for r in names.table(spec, scanned)}
+  if poison:
+    poison(leaves)
   writer = ParamsWriter(path / "0", scanned)
   for leaf_path, x in leaves.items():
     writer.add(leaf_path, x)
@@ -66,3 +68,19 @@ def test_refuses_a_text_config_and_an_already_extended_checkpoint(tmp_path, voca
   with pytest.raises(ConversionError, match="missing tensor|shape"):   # another model's checkpoint
     extend_vocab.convert(_spec(vocab.size, True).with_(M=64), items, tmp_path / "out", vocab=vocab, progress=False)
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value, dtype, message", [
+    (np.nan, "", r"checkpoint .*: tensor decoder/decoder_norm/scale has 1 NaN and 0 infinite value\(s\) "
+                 r"\(first at index \(5,\)\)"),
+    (1e5, "float16", r"tensor decoder/decoder_norm/scale has 0 NaN and 1 infinite value\(s\) after the cast to "
+                     r"float16"),
+])
+def test_refuses_non_finite_tensors(tmp_path, vocab, value, dtype, message):
+  def poison(leaves):
+    leaves[("decoder", "decoder_norm", "scale")][5] = value
+  _write(tmp_path / "text", _spec(vocab.text_size, True), True, poison=poison)
+  with pytest.raises(ConversionError, match=message):
+    extend_vocab.convert(_spec(vocab.size, True), tmp_path / "text" / "0" / "items", tmp_path / "out", vocab=vocab,
+                         dtype=dtype, progress=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["text"]

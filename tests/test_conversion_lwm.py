@@ -10,7 +10,8 @@ from conversion import from_lwm, to_hf
 from conversion.lwm_checkpoint import LwmFile
 from conversion.orbax_params import ParamsReader, ParamsWriter
 from conversion.spec import ConversionError, ModelSpec
-from lwm_checkpoints import expected_hf, lwm_tree, write_lwm
+from damage import damaged_copies
+from lwm_checkpoints import expected_hf, lwm_tree, write_lwm, write_lwm_train_state
 from data_loaders.vocab import MultimodalVocab
 
 E, H, M, L = 32, 4, 64, 2
@@ -102,7 +103,8 @@ def test_text_checkpoint_needs_extend_vocab_for_a_multimodal_config(tmp_path, vo
      r"transformer/ln_f/kernel has shape \(33,\), expected \(32,\)"),
     (lambda t: t.update({("transformer", "vte", "embedding"): np.ones((8000, E), np.float32)}),
      "the vision table has 8000 rows"),
-    (lambda t: t.update({("opt_state", "mu"): np.ones(3, np.float32)}), r"unexpected tensor\(s\) \['opt_state/mu'\]"),
+    (lambda t: t.update({("opt_state", "mu"): np.ones(3, np.float32)}),
+     r"unexpected tensor\(s\) \['opt_state/mu'\] \(not part of an LWM Llama model\)"),
 ])
 def test_bad_checkpoints_fail_clearly_without_output(tmp_path, vocab, break_it, message):
   tree = _tree(vocab)
@@ -128,3 +130,39 @@ def test_interrupted_conversion_leaves_no_output(tmp_path, vocab, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     from_lwm.convert(_spec(vocab), tmp_path / "params", tmp_path / "out", vocab=vocab, progress=False)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["params"]
+
+
+def test_train_state_converts_like_its_params(tmp_path, vocab):
+  # LWM's streaming_train_state holds step, params/params/... and the optimizer state; its parameters
+  # must convert exactly as the same parameters saved as a params file.
+  tree = _tree(vocab, dtype=ml_dtypes.bfloat16)
+  write_lwm(tmp_path / "params", tree)
+  write_lwm_train_state(tmp_path / "streaming_train_state", tree)
+  state = LwmFile(tmp_path / "streaming_train_state")
+  assert state.train_state and not LwmFile(tmp_path / "params").train_state
+  assert state.keys() == list(tree)
+  for name in ("params", "streaming_train_state"):
+    from_lwm.convert(_spec(vocab), tmp_path / name, tmp_path / f"{name}.mt", vocab=vocab, progress=False)
+  from_params, from_state = (ParamsReader(tmp_path / f"{n}.mt" / "0" / "items") for n in ("params", "streaming_train_state"))
+  assert from_state.shapes() == from_params.shapes()
+  for path in from_params.shapes():
+    np.testing.assert_array_equal(from_state.read(path), from_params.read(path), err_msg="/".join(path))
+
+
+def test_damaged_files_fail_with_conversion_errors_only(tmp_path):
+  # Whatever damaged msgpack/flax bytes make the decoders raise, the reader answers with a ConversionError
+  # naming the file (or reads it: a flipped byte inside float data is not detectable).
+  tree = {("transformer", "wte", "embedding"): np.arange(12, dtype=np.float32).reshape(4, 3),
+          ("lm_head", "kernel"): np.ones((3, 4), ml_dtypes.bfloat16)}
+  write_lwm(tmp_path / "src", tree)
+  errors = 0
+  for data in damaged_copies((tmp_path / "src").read_bytes(), 400):
+    (tmp_path / "params").write_bytes(data)
+    try:
+      lwm = LwmFile(tmp_path / "params")
+      for key in lwm.keys():
+        assert lwm.read(key).shape == lwm.shape(key)
+    except ConversionError as e:
+      assert str(tmp_path / "params") in str(e)
+      errors += 1
+  assert errors > 200

@@ -1,6 +1,7 @@
 """Streaming sharded safetensors writer and reader, checked against the safetensors library."""
 
 import json
+import re
 
 import ml_dtypes
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conversion import atomic
+from damage import damaged_copies
 from conversion.safetensors_io import INDEX_FILE, Entry, ShardedReader, ShardedWriter, plan_shards
 from conversion.spec import ConversionError
 
@@ -102,3 +104,38 @@ def test_atomic_output_leaves_nothing_on_failure_and_refuses_existing(tmp_path):
     with atomic.output_dir(out):
       pass
 
+
+
+@pytest.mark.parametrize("cut", [-100, 50, 4, 0])
+def test_truncated_shard_is_named(tmp_path, cut):
+  save_file({"a": np.ones((64, 64), np.float32), "b": np.ones(3, np.float32)}, tmp_path / "model.safetensors")
+  data = (tmp_path / "model.safetensors").read_bytes()
+  (tmp_path / "model.safetensors").write_bytes(data[:cut])
+  with pytest.raises(ConversionError, match=rf"^{re.escape(str(tmp_path / 'model.safetensors'))}: not a readable safetensors file"):
+    ShardedReader(tmp_path)
+
+
+@pytest.mark.parametrize("index, message", [
+    ("{not json", "not a safetensors index with a weight_map"),
+    (json.dumps({"metadata": {}}), "not a safetensors index with a weight_map"),
+    (json.dumps({"weight_map": {"x": "../model.safetensors"}}), r"weight_map puts 'x' in '../model.safetensors', not a file name"),
+])
+def test_bad_index_is_named(tmp_path, index, message):
+  (tmp_path / INDEX_FILE).write_text(index)
+  with pytest.raises(ConversionError, match=f"^{re.escape(str(tmp_path / INDEX_FILE))}: {message}"):
+    ShardedReader(tmp_path)
+
+
+def test_damaged_files_fail_with_conversion_errors_only(tmp_path):
+  save_file({"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.float32)}, tmp_path / "src")
+  errors = 0
+  for data in damaged_copies((tmp_path / "src").read_bytes(), 400):
+    (tmp_path / "model.safetensors").write_bytes(data)
+    try:
+      reader = ShardedReader(tmp_path)
+      for name in reader.shapes():
+        reader.get(name)
+    except ConversionError as e:
+      assert str(tmp_path / "model.safetensors") in str(e)
+      errors += 1
+  assert errors > 300

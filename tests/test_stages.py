@@ -78,6 +78,8 @@ TINY = ["tiny_text_1k.yml", "tiny_text_2k.yml", "tiny_text_4k.yml", "tiny_text_c
 TINY_INIT = {"tiny_text_2k.yml": "tiny_text_1k.yml", "tiny_text_4k.yml": "tiny_text_2k.yml",
              "tiny_text_chat_4k.yml": "tiny_text_4k.yml", "tiny_vision_1k.yml": "tiny_text_4k.yml+vocab",
              "tiny_vision_2k.yml": "tiny_vision_1k.yml", "tiny_vision_chat_4k.yml": "tiny_vision_2k.yml"}
+# The released LWM models as LWM's own code runs them (theta, RMSNorm eps, vocabulary): what from-lwm needs.
+RELEASED = {"models/lwm_7b_released.yml": (5e7, 1e-6, 32000), "models/lwm_7b_vision_released.yml": (5e7, 1e-6, 40448)}
 BASE = "gs://bucket/lwm"
 _resolved: dict[str, types.SimpleNamespace] = {}
 
@@ -88,7 +90,7 @@ def resolve(name: str) -> types.SimpleNamespace:
   The command line itself, for every paper and tiny stage in one subprocess on the first call.
   """
   if not _resolved:
-    names = [*PAPER, *TINY]
+    names = [*PAPER, *TINY, *RELEASED]
     proc = run_python(f"""
 from lwm_plugin import train
 for name in {names!r}:
@@ -134,6 +136,13 @@ def test_resolved_values_are_the_papers(name):
       ("adamw", 0.9, 0.95, 0.1, 1.0)
   assert list(cfg.adamw_mask) == []
   assert cfg.vocab_size == (40448 if name.startswith("lwm_vision") else 32000)
+  assert cfg.normalization_layer_epsilon == 1e-6   # LWM's RMSNorm eps (its 7b config), not LLaMA-2's 1e-5
+
+
+@pytest.mark.parametrize("name", RELEASED)
+def test_released_model_files_resolve_lwms_theta_and_eps(name):
+  cfg = resolve(name)
+  assert (cfg.rope_max_timescale, cfg.normalization_layer_epsilon, cfg.vocab_size) == RELEASED[name]
 
 
 def test_table_12_meshes_cannot_shard_their_batch_and_table_11_meshes_can():
