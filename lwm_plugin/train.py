@@ -12,6 +12,14 @@ passed to MaxText:
                    per-chip memory (arguments + temporaries) against HBM, FLOPs per step and whether
                    it fits; exit 0 if it fits, 1 if not. With --json: one JSON object instead.
 
+Training prints a one-screen summary of the resolved config on stdout, then one line per step with
+the LWM metrics (loss, text and vision loss, token counts; `lwm_plugin.step_metrics`). MaxText's
+log goes to stderr, without its dump of every config key: that is in `<run dir>/lwm_config.json`
+(pass log_config=true to have it on stderr too). `<run dir>/lwm_run.json` records which config
+and model wrote the run's checkpoints; resuming them with another stage or model shape is refused
+(`lwm_plugin.run_dir`). An error of the data loader ends the run with exit code 1 and the loader's
+message (`file:line: reason` for a bad line) as the last line on stderr.
+
 Also runnable as `python -m lwm_plugin.train`.
 """
 
@@ -21,8 +29,10 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Sequence
 
+from lwm_plugin import run_dir, run_summary, step_metrics
 from lwm_plugin.config_files import ConfigError, peek, resolve_config_file, uses_data_dir
 
 PROG = "lwm-train"
@@ -113,20 +123,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   try:
     _check_data_dir(config_file, overrides, config)
+    run_dir.check_resume(config, config_file)
   except ConfigError as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
   logging.getLogger("lwm_plugin").setLevel(logging.INFO)
-  logging.getLogger("lwm_plugin").info("config %s, stage %r", config_file, config.lwm_stage or "(unnamed)")
-  integration.install()
+  resolved = run_dir.record_start(config, config_file)
+  import jax  # pylint: disable=import-outside-toplevel  (after JAX_PLATFORMS is set)
 
+  print("\n".join(run_summary.summary_lines(config, config_file, jax.device_count(), str(resolved))), flush=True)
+  integration.install()
+  return _run_maxtext(maxtext_argv + _quiet_config(overrides, config))
+
+
+def _quiet_config(overrides: list[str], config) -> list[str]:
+  """MaxText's ~890 `Config param` lines off (they are in lwm_config.json) unless asked for; the run
+  name pinned (MaxText names an unnamed run by the minute, and must find the directory just written)."""
+  pinned = [f"run_name={config.run_name}"]
+  return pinned if any(a.partition("=")[0] == "log_config" for a in overrides) else [*pinned, "log_config=false"]
+
+
+def _run_maxtext(maxtext_argv: list[str]) -> int:
+  """MaxText's train.main, each step's LWM metrics on stdout; a loader error exits 1 with its message last."""
   from absl import app  # pylint: disable=import-outside-toplevel
   from maxtext.trainers.pre_train import train  # pylint: disable=import-outside-toplevel
 
+  from lwm_plugin import integration  # pylint: disable=import-outside-toplevel
+
+  steps = logging.getLogger(step_metrics.LOGGER)
+  to_stdout = logging.StreamHandler(sys.stdout)
+  to_stdout.setFormatter(logging.Formatter("%(message)s"))
+  steps.addHandler(to_stdout)
+  steps.propagate = False
   try:
     app.run(train.main, argv=maxtext_argv)
   except SystemExit as e:
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  except integration.LoaderFailed as e:
+    if not e.bad_data:
+      traceback.print_exception(e.__cause__)
+    integration.close_iterators()  # worker processes and shared memory, before the last line
+    sys.stdout.flush()
+    print(f"{PROG}: error: data loader: {e}", file=sys.stderr, flush=True)
+    return 1
+  finally:
+    steps.removeHandler(to_stdout)
+    steps.propagate = True
   return 0
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lwm_plugin.integration import aot, attention, config_hook, cp_reorder, data, loss
+from lwm_plugin.integration import aot, attention, config_hook, cp_reorder, data, loss, metrics
 from lwm_plugin.integration.core import Patch, Seam, SeamError
+from lwm_plugin.integration.data import LoaderFailed, close_iterators
 
 # ---------------------------------------------------------------------------------------------
 # The patch table. Each row: target, expected parameters (tripwire), replacement factory,
@@ -55,6 +56,14 @@ PATCH_TABLE: tuple[Patch, ...] = (
         remove_when="MaxText rejects unknown dataset types and accepts registered pipelines",
     ),
     Patch(
+        target="maxtext.common.data_loader:loader_exception_guard",
+        params=("config",),
+        make=data.loader_exception_guard,
+        reason="MaxText turns every data-iterator exception into StopTraining (logged, exit 0); an LWM loader error "
+               "(bad data: file:line) must fail the run",
+        remove_when="MaxText's trainer re-raises data errors (or only stops on StopIteration)",
+    ),
+    Patch(
         target="maxtext.trainers.pre_train.train:loss_fn",
         params=("model", "config", "data", "dropout_rng", "params", "sparsity_state", "is_train"),
         make=loss.replace_loss_fn,
@@ -84,6 +93,14 @@ PATCH_TABLE: tuple[Patch, ...] = (
         reason="the ahead-of-time batch shape must include targets_weights / targets_vision_mask, else the train "
                "step compiles twice",
         remove_when="MaxText derives the shaped batch from the data iterator",
+    ),
+    Patch(
+        target="maxtext.common.metric_logger:MetricLogger.write_metrics",
+        params=("self", "metrics", "step", "metric_type"),
+        make=metrics.write_metrics,
+        reason="each training step's LWM metrics (text/vision loss, token counts) as our own record: lwm-train's "
+               "per-step line on stdout, the demo's progress (MaxText only logs its own keys, as text)",
+        remove_when="MaxText's metric logger accepts user metric sinks",
     ),
     # Ring attention (issue 3): lwm_plugin/integration/attention.py.
     Patch(
@@ -187,5 +204,5 @@ def check_train_step(argv: Sequence[str], config_file: str) -> Any:
     return aot.compile_train_step(argv, config, config_file, _CHECK_SEAM)
 
 
-__all__ = ["CHECK_ONLY_TABLE", "PATCH_TABLE", "Patch", "SeamError", "check", "check_train_step", "install", "installed",
+__all__ = ["CHECK_ONLY_TABLE", "PATCH_TABLE", "LoaderFailed", "Patch", "close_iterators", "SeamError", "check", "check_train_step", "install", "installed",
            "is_installed", "report", "resolve_config", "uninstall"]

@@ -1,6 +1,6 @@
 """`dataset_type: grain` with `lwm_data_sources` runs the LWM Grain loader inside MaxText.
 
-Three replacements (rows in `PATCH_TABLE`):
+Four replacements (rows in `PATCH_TABLE`):
 
 * `input_pipeline_interface.make_grain_train_iterator` / `make_grain_eval_iterator`: with LWM
   sources configured, build `data_loaders.build_dataset` for this host (its shard among MaxText's
@@ -13,6 +13,10 @@ Three replacements (rows in `PATCH_TABLE`):
   Grain code at all; with LWM sources configured, anything but `grain`, or an iterator that is
   not ours, is an error before training starts.
 
+* `data_loader.loader_exception_guard`: MaxText stops training cleanly (exit 0) on any exception
+  from the data iterator; `LoaderFailed` (any error of the LWM loader, raised by our iterator)
+  passes through so that the run fails with the loader's message.
+
 Not supported with the LWM loader (clear errors): colocated Python data input, Grain's elastic
 iterator, `expansion_factor_real_data` other than -1 / 1, and `grain_worker_count: -1` (the
 packed stream depends on the worker count, which must stay fixed across a resume).
@@ -20,6 +24,7 @@ packed stream depends on the worker count, which must stay fixed across a resume
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -30,12 +35,77 @@ import jax
 from maxtext.input_pipeline import data_processing_utils, multihost_dataloading
 from maxtext.input_pipeline.synthetic_data_processing import PlaceHolderDataIterator
 
+from data_loaders import DATA_ERRORS
 from data_loaders.pipeline import LoaderConfig, build_dataset, describe
 from lwm_plugin.vocab import MultimodalVocab
 
 logger = logging.getLogger("lwm_plugin.integration")
 
 _OURS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+class LoaderFailed(RuntimeError):
+  """The LWM loader raised while building or reading its iterator; `__cause__` is its exception.
+
+  MaxText's train loop turns any exception from `next(data_iterator)` into a clean stop (exit 0);
+  this one passes through (`loader_exception_guard`) so that `lwm-train` exits non-zero with the
+  loader's message (`file:line: reason` for bad data).
+  """
+
+  bad_data = False  # True: the input is wrong (the message names file:line); False: the loader failed
+
+  @classmethod
+  def of(cls, cause: BaseException) -> "LoaderFailed":
+    """Bad data keeps its message (`file:line: reason`); any other error is prefixed by its type."""
+    if isinstance(cause, DATA_ERRORS):
+      failed = cls(str(cause))
+      failed.bad_data = True
+      return failed
+    return cls(f"{type(cause).__name__}: {cause}")
+
+
+class _LWMDataIterator(multihost_dataloading.MultiHostDataLoadIterator):
+  """MaxText's multi-host iterator; an exception from the LWM loader surfaces as `LoaderFailed`."""
+
+  def __next__(self):
+    try:
+      return super().__next__()
+    except StopIteration:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (re-raised, wrapped)
+      raise LoaderFailed.of(e) from e
+
+  def close(self):
+    """Closes the Grain iterator: its worker processes and shared memory (idempotent).
+
+    MaxText's `close` also probes `_parent` with hasattr, which a Grain multiprocessing iterator
+    answers with an AssertionError, printed from `__del__` at every exit with workers.
+    """
+    if hasattr(self, "local_iterator"):
+      self.local_iterator.close()
+
+
+def close_iterators() -> None:
+  """Closes every LWM loader iterator now (before a failed run prints its last line)."""
+  for iterator in list(_OURS):
+    if isinstance(iterator, _LWMDataIterator):
+      iterator.close()
+
+
+def loader_exception_guard(original):
+  """Patch factory: MaxText's guard around `next(data_iterator)`, letting `LoaderFailed` through."""
+
+  @contextlib.contextmanager
+  def guard(config):
+    try:
+      yield
+    except LoaderFailed:
+      raise
+    except Exception:  # pylint: disable=broad-except  (MaxText's own handling)
+      with original(config):
+        raise
+
+  return guard
 
 
 def check_data_config(config: Any) -> None:
@@ -69,9 +139,12 @@ def _make_iterator(config: Any, mesh: Any, process_indices: list[int], training:
   shard_index, shard_count = process_indices.index(jax.process_index()), len(process_indices)
   for line in describe(loader):
     logger.info("%s%s", "" if training else "(eval) ", line)
-  dataset = build_dataset(loader, vocab, shard_index=shard_index, shard_count=shard_count)
+  try:
+    dataset = build_dataset(loader, vocab, shard_index=shard_index, shard_count=shard_count)
+  except (OSError, ValueError) as e:  # missing files, bad sources: the loader's own messages
+    raise LoaderFailed.of(e) from e
   padding = config.generate_padding_batch_train if training else config.generate_padding_batch_eval
-  iterator = multihost_dataloading.MultiHostDataLoadIterator(dataset, mesh, padding)
+  iterator = _LWMDataIterator(dataset, mesh, padding)
   _OURS.add(iterator)
   return iterator
 
