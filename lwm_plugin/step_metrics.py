@@ -43,8 +43,13 @@ class StepRecord:
 
 
 def publish(record: StepRecord) -> None:
-  """Logs `record` on the `lwm_plugin.steps` logger (message: `record.line()`)."""
-  logging.getLogger(LOGGER).info("%s", record.line(), extra={RECORD_ATTR: record})
+  """Hands `record` to the `lwm_plugin.steps` logger's handlers (message: `record.line()`).
+
+  Whatever the logger's level: a step record is never filtered out, only sent where handlers are.
+  """
+  logger = logging.getLogger(LOGGER)
+  logger.handle(logger.makeRecord(LOGGER, logging.INFO, __file__, 0, "%s", (record.line(),), None,
+                                  extra={RECORD_ATTR: record}))
 
 
 def record_of(log_record: logging.LogRecord) -> StepRecord | None:

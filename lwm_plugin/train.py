@@ -75,9 +75,14 @@ def _absolute_output_dir(config_file: str, overrides: list[str]) -> list[str]:
 
 
 def _check_data_dir(config_file: str, overrides: list[str], config) -> None:
-  if uses_data_dir(config_file, overrides) and not config.lwm_data_dir:
+  if not uses_data_dir(config_file, overrides):
+    return
+  if not config.lwm_data_dir:
     raise ConfigError(f"{config_file}: this stage reads its data sources under ${{lwm_data_dir}}, which is not set; "
                       "pass lwm_data_dir=/path/to/your/data (the layout is in docs/stages.md) or set lwm_data_sources")
+  if "://" not in config.lwm_data_dir and not os.path.isdir(config.lwm_data_dir):
+    raise ConfigError(f"{config_file}: lwm_data_dir={config.lwm_data_dir!r} is not a directory "
+                      f"(relative paths start at {os.getcwd()})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,6 @@ own step); their MaxText output goes to `logs/<stage>.log`, the terminal shows o
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import shutil
@@ -49,7 +48,7 @@ class DemoError(RuntimeError):
 
 @dataclasses.dataclass
 class StageResult:
-  """What the report says about one stage (from its metrics file and the step watcher)."""
+  """What the report says about one stage (from its step records)."""
   stage: Stage
   context: int
   rope_theta: float
@@ -105,7 +104,7 @@ class Demo:
     if rc != 0:
       log = self.logs / f"{name}.log"
       lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-      tail = "\n".join([line for line in lines if "Config param" not in line][-25:])
+      tail = "\n".join(lines[-25:])
       raise DemoError(f"{name} failed with exit code {rc}; full log: {log}\n--- last lines ---\n{tail}")
 
   # -- 1. data --------------------------------------------------------------------------------
@@ -150,9 +149,8 @@ class Demo:
 
     n = len(self.plan.stages)
     config = resolve_config_file(stage.config)
-    metrics = self.logs / f"{stage.name}.metrics.jsonl"
     start = time.monotonic()
-    overrides = [*self._common(), f"steps={stage.steps}", f"metrics_file={metrics}", *self._init_checkpoint(stage)]
+    overrides = [*self._common(), f"steps={stage.steps}", *self._init_checkpoint(stage)]
     context = int(peek(config, overrides, "max_target_length"))
     theta = float(peek(config, overrides, "rope_max_timescale"))
     extended = " (vocabulary extended)" if stage.extend_vocab else ""
@@ -164,17 +162,20 @@ class Demo:
              for s in self.plan.stages[index + 1:]]
     tokens_per_step = self._tokens_per_step(config, overrides)
     watcher = progress.StepWatcher(self.term, f"stage {index + 1}/{n} {stage.name}", stage.steps, tokens_per_step,
-                                   DEVICES, later, overhead, tail_s=overhead * TAIL_IN_STAGE_STARTUPS)
+                                   later, overhead, tail_s=overhead * TAIL_IN_STAGE_STARTUPS)
     with self._quiet(stage.name), progress.watching(watcher):
       rc = train.main([config, *overrides])
     self._step(stage.name, rc)
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    last = rows[-1]
+    records = watcher.records
+    if len(records) != stage.steps:
+      raise DemoError(f"{stage.name}: {len(records)} step records for {stage.steps} steps; log: "
+                      f"{self.logs / stage.name}.log")
+    last = records[-1]
     result = StageResult(
         stage=stage, context=context, rope_theta=theta, tokens_per_step=tokens_per_step,
-        losses=[r["learning/loss"] for r in rows], text_loss=last["lwm/text_loss"],
-        vision_loss=last["lwm/vision_loss"] if last["lwm/vision_tokens"] else None,
-        tokens_per_s=statistics.median(r["perf/per_device_tokens_per_sec"] for r in rows[1:] or rows) * DEVICES,
+        losses=[r.loss for r in records], text_loss=last.text_loss,
+        vision_loss=last.vision_loss if last.vision_tokens else None,
+        tokens_per_s=statistics.median(r.tokens_per_s for r in records[1:] or records),
         setup_s=watcher.setup_seconds(), wall_s=time.monotonic() - start,
         checkpoint=self.runs / stage.name / "checkpoints" / str(stage.steps - 1) / "items")
     if not result.checkpoint.is_dir():
