@@ -165,7 +165,7 @@ def _run_maxtext(maxtext_argv: list[str]) -> int:
   except SystemExit as e:
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
   except integration.LoaderFailed as e:
-    if not e.bad_data:
+    if not e.bad_input:  # a loader failure, not the user's input: its traceback helps
       traceback.print_exception(e.__cause__)
     integration.close_iterators()  # worker processes and shared memory, before the last line
     sys.stdout.flush()

@@ -52,14 +52,14 @@ class LoaderFailed(RuntimeError):
   loader's message (`file:line: reason` for bad data).
   """
 
-  bad_data = False  # True: the input is wrong (the message names file:line); False: the loader failed
+  bad_input = False  # True: bad data or a missing file (the message says which); False: the loader failed
 
   @classmethod
   def of(cls, cause: BaseException) -> "LoaderFailed":
-    """Bad data keeps its message (`file:line: reason`); any other error is prefixed by its type."""
-    if isinstance(cause, DATA_ERRORS):
+    """Bad input keeps its message (`file:line: reason`); any other error is prefixed by its type."""
+    if isinstance(cause, (*DATA_ERRORS, FileNotFoundError)):
       failed = cls(str(cause))
-      failed.bad_data = True
+      failed.bad_input = True
       return failed
     return cls(f"{type(cause).__name__}: {cause}")
 
