@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   print("\n".join(run_summary.summary_lines(config, config_file, jax.device_count(), str(resolved))), flush=True)
   integration.install()
-  return _run_maxtext(maxtext_argv + _quiet_config(overrides, config))
+  return _train(integration, maxtext_argv + _quiet_config(overrides, config))
 
 
 def _quiet_config(overrides: list[str], config) -> list[str]:
@@ -148,33 +148,27 @@ def _quiet_config(overrides: list[str], config) -> list[str]:
   return pinned if any(a.partition("=")[0] == "log_config" for a in overrides) else [*pinned, "log_config=false"]
 
 
-def _run_maxtext(maxtext_argv: list[str]) -> int:
-  """MaxText's train.main, each step's LWM metrics on stdout; a loader error exits 1 with its message last."""
-  from absl import app  # pylint: disable=import-outside-toplevel
-  from maxtext.trainers.pre_train import train  # pylint: disable=import-outside-toplevel
+def _train(integration, maxtext_argv: list[str]) -> int:
+  """MaxText's training, each step's LWM metrics on stdout; a loader error exits 1 with its message last.
 
-  from lwm_plugin import integration  # pylint: disable=import-outside-toplevel
-
+  `integration` is the plugin's seam module, imported by `main` once JAX's platform is set.
+  """
   steps = logging.getLogger(step_metrics.LOGGER)
   to_stdout = logging.StreamHandler(sys.stdout)
   to_stdout.setFormatter(logging.Formatter("%(message)s"))
   steps.addHandler(to_stdout)
   steps.propagate = False
   try:
-    app.run(train.main, argv=maxtext_argv)
-  except SystemExit as e:
-    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return integration.run_training(maxtext_argv)
   except integration.LoaderFailed as e:
     if not e.bad_input:  # a loader failure, not the user's input: its traceback helps
       traceback.print_exception(e.__cause__)
-    integration.close_iterators()  # worker processes and shared memory, before the last line
     sys.stdout.flush()
     print(f"{PROG}: error: data loader: {e}", file=sys.stderr, flush=True)
     return 1
   finally:
     steps.removeHandler(to_stdout)
     steps.propagate = True
-  return 0
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ def test_a_missing_data_file_fails_the_run_naming_it(workdir):
                         "lwm_data_sources=[{name: gone, files: no_such.jsonl}]"], cwd=workdir)
   assert proc.returncode == 1, proc.stderr[-6000:]
   last = proc.stderr.strip().splitlines()[-1]
-  assert last == f"lwm-train: error: data loader: data source 'gone': 'no_such.jsonl' matches no file (relative paths start at {workdir})"
+  assert last == ("lwm-train: error: data loader: data source 'gone': 'no_such.jsonl' matches no file "
+                  f"(relative paths start at {workdir})")
   assert "Traceback" not in proc.stderr
 
 

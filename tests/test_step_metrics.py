@@ -1,4 +1,4 @@
-"""`lwm_plugin.step_metrics` and its one source, `integration.metrics`: MaxText's step scalars -> our record and line."""
+"""`lwm_plugin.step_metrics` and its one source, `integration.metrics`: MaxText's step scalars -> our record."""
 
 import logging
 

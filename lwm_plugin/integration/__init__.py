@@ -194,6 +194,25 @@ def resolve_config(argv: Sequence[str]) -> Any:
     return pyconfig.initialize_pydantic(list(argv), config_class=LWMConfig)
 
 
+def run_training(argv: Sequence[str]) -> int:
+  """MaxText's pre-training `main` under absl, as `python -m maxtext.trainers.pre_train.train ARGV`; its exit code.
+
+  Raises `LoaderFailed` when the LWM loader fails (MaxText would log "Training stopped" and exit 0),
+  after closing the loader's iterators (worker processes, shared memory) so that nothing prints later.
+  """
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from maxtext.trainers.pre_train import train  # pylint: disable=import-outside-toplevel
+
+  try:
+    app.run(train.main, argv=list(argv))
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  except LoaderFailed:
+    close_iterators()
+    raise
+  return 0
+
+
 def check_train_step(argv: Sequence[str], config_file: str) -> Any:
   """`lwm-train --check`: AOT-compiles the train step of `argv` (compile_topology set) with the plugin installed.
 
@@ -204,5 +223,5 @@ def check_train_step(argv: Sequence[str], config_file: str) -> Any:
     return aot.compile_train_step(argv, config, config_file, _CHECK_SEAM)
 
 
-__all__ = ["CHECK_ONLY_TABLE", "PATCH_TABLE", "LoaderFailed", "Patch", "close_iterators", "SeamError", "check", "check_train_step", "install", "installed",
-           "is_installed", "report", "resolve_config", "uninstall"]
+__all__ = ["CHECK_ONLY_TABLE", "PATCH_TABLE", "LoaderFailed", "Patch", "SeamError", "check", "check_train_step",
+           "install", "installed", "is_installed", "report", "resolve_config", "run_training", "uninstall"]
