@@ -38,6 +38,10 @@ from lwm_plugin.config_files import ConfigError, peek, resolve_config_file, uses
 PROG = "lwm-train"
 USAGE = f"usage: {PROG} CONFIG.yml [key=value ...] [--print-config | --check [--json]]"
 _OWN_FLAGS = ("--print-config", "--check", "--json")
+# Grain's worker processes hand batches over in shared memory. A batch in flight when a run fails
+# is unlinked at exit by multiprocessing's resource tracker, a separate process that then warns of
+# "leaked shared_memory objects" after the run's last line. It is started with our -W options.
+_TRACKER_NOTICE = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
 
 
 def _split(args: Sequence[str]) -> tuple[str, list[str], set[str]]:
@@ -153,6 +157,8 @@ def _train(integration, maxtext_argv: list[str]) -> int:
 
   `integration` is the plugin's seam module, imported by `main` once JAX's platform is set.
   """
+  if _TRACKER_NOTICE not in sys.warnoptions:
+    sys.warnoptions.append(_TRACKER_NOTICE)
   steps = logging.getLogger(step_metrics.LOGGER)
   to_stdout = logging.StreamHandler(sys.stdout)
   to_stdout.setFormatter(logging.Formatter("%(message)s"))

@@ -3,7 +3,8 @@
 
 Exit codes: 2 for a config or usage error (before anything is written), 1 for a failed run; a data-loader error
 is the last line on stderr (`file:line: reason` for a bad line), with and without Grain worker processes.
-Data: the tiny LWM dataset, one source whose second line is bad (the loader reads it for the first batch).
+Data: the tiny LWM dataset; one source of 40 good text lines and a bad 41st, which the loader reaches after a few
+training steps (with workers, batches already in flight and in shared memory when the run fails).
 """
 
 import json
@@ -14,8 +15,8 @@ import pytest
 import maxtext_configs
 from conftest import run_lwm_train
 
-# Small and short: the runs that fail on data stop at the first batch, before the first step.
 FAST = ["steps=2", "max_target_length=320", "lwm_max_frames=1", "per_device_batch_size=2"]
+GOOD_LINES = 40
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +76,17 @@ def test_a_bad_line_fails_the_run_with_file_line_last(workdir, case, workers):
   }
   line, reason = bad[case]
   name = f"bad_{case}.jsonl"
-  good = (workdir / "tiny_lwm_data" / "text.jsonl").read_text().splitlines()[0]
-  (workdir / name).write_text(f"{good}\n{line}\n")
-  proc = run_lwm_train(["tiny_cpu_lwm_data.yml", *FAST, f"base_output_directory={workdir}/out_{case}",
+  good = (workdir / "tiny_lwm_data" / "text.jsonl").read_text().splitlines()[:GOOD_LINES]
+  (workdir / name).write_text("\n".join([*good, line]) + "\n")
+  proc = run_lwm_train(["tiny_cpu_lwm_data.yml", *FAST, "steps=100", f"base_output_directory={workdir}/out_{case}",
                         f"lwm_data_sources=[{{name: bad, files: {name}}}]", f"grain_worker_count={workers}"],
                        cwd=workdir)
   assert proc.returncode == 1, proc.stderr[-6000:]
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"lwm-train: error: data loader: {name}:2: ") and reason in last, proc.stderr[-3000:]
+  assert last.startswith(f"lwm-train: error: data loader: {name}:{GOOD_LINES + 1}: ") and reason in last, \
+      proc.stderr[-3000:]
   assert "Training stopped" not in proc.stderr and "Traceback" not in proc.stderr
+  assert "step 2/100 " in proc.stdout and "step 100/100 " not in proc.stdout  # it failed mid-run
 
 
 @pytest.mark.slow

@@ -197,8 +197,9 @@ def resolve_config(argv: Sequence[str]) -> Any:
 def run_training(argv: Sequence[str]) -> int:
   """MaxText's pre-training `main` under absl, as `python -m maxtext.trainers.pre_train.train ARGV`; its exit code.
 
-  Raises `LoaderFailed` when the LWM loader fails (MaxText would log "Training stopped" and exit 0),
-  after closing the loader's iterators (worker processes, shared memory) so that nothing prints later.
+  Raises `LoaderFailed` when the LWM loader fails (MaxText would log "Training stopped" and exit 0).
+  Either way the loader's iterators are closed before returning (Grain worker processes and shared
+  memory; left to interpreter shutdown they print warnings after the run's last line).
   """
   from absl import app  # pylint: disable=import-outside-toplevel
   from maxtext.trainers.pre_train import train  # pylint: disable=import-outside-toplevel
@@ -207,9 +208,8 @@ def run_training(argv: Sequence[str]) -> int:
     app.run(train.main, argv=list(argv))
   except SystemExit as e:
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-  except LoaderFailed:
+  finally:
     close_iterators()
-    raise
   return 0
 
 
