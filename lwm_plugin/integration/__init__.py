@@ -7,6 +7,7 @@ the allow-list). Use:
   integration.install()            # idempotent; logs the install report; raises SeamError if MaxText moved
   with integration.installed():    # scoped form for tests: originals restored on exit
     ...
+  integration.run_training(argv)   # MaxText's train main; raises LoaderFailed if the LWM loader fails
 
 Nothing is patched on import.
 """
