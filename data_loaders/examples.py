@@ -23,6 +23,11 @@ class LWMFormatError(ValueError):
     self.kind, self.reason, self.source, self.line_number = kind, reason, source, line_number
     super().__init__(f"{source}:{line_number}: {reason}")
 
+  def __reduce__(self):
+    # Grain worker processes send exceptions back pickled; the default (`args` = the message)
+    # would call __init__ with one argument.
+    return type(self), (self.kind, self.reason, self.source, self.line_number)
+
 
 class ExampleBuilder:
   """Accumulates (ids, loss, vision) pieces and emits the example arrays."""

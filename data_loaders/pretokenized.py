@@ -14,32 +14,17 @@ atomically (a temporary file in the same directory, then a rename).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import msgpack
 import numpy as np
 
+from data_loaders.atomic_file import atomic_path
 from data_loaders.lwm_format import FormatOptions
 from data_loaders.sources import LWMJsonlReader
 from data_loaders.vocab import MultimodalVocab
-
-
-@contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[str]:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  os.close(fd)
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
 
 
 def _arrays(example: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +45,7 @@ def encode_record(example: Mapping[str, np.ndarray]) -> bytes:
 
 def write_arrayrecord(path: str | os.PathLike, examples: Iterable[Mapping[str, np.ndarray]]) -> Path:
   from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-  with _atomic_path(path) as tmp:
+  with atomic_path(path) as tmp:
     writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
     try:
       for example in examples:
@@ -77,7 +62,7 @@ def write_parquet(path: str | os.PathLike, examples: Iterable[Mapping[str, np.nd
   pairs = [_arrays(e) for e in examples]
   table = pa.table({"tokens": pa.array([t for t, _ in pairs], pa.list_(pa.int32())),
                     "loss_mask": pa.array([m for _, m in pairs], pa.list_(pa.uint8()))})
-  with _atomic_path(path) as tmp:
+  with atomic_path(path) as tmp:
     pq.write_table(table, tmp, row_group_size=row_group_size)
   return Path(path)
 

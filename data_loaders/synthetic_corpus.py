@@ -23,12 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from data_loaders.atomic_file import atomic_path
 
 CITIES = (
     "Amsterdam", "Athens", "Bangkok", "Barcelona", "Berlin", "Bogota", "Boston", "Brussels", "Budapest", "Cairo",
@@ -216,16 +217,9 @@ def video_caption(rng: np.random.Generator, n_frames: int, codebook_size: int) -
 def write_jsonl(path: str | os.PathLike, lines: Iterable[dict[str, Any]]) -> Path:
   """Writes one JSON object per line, atomically (temp file in the same directory, then rename)."""
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for line in lines:
-        f.write(json.dumps(line, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    for line in lines:
+      f.write(json.dumps(line, separators=(",", ":")) + "\n")
   return path
 
 

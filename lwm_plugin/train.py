@@ -12,7 +12,15 @@ passed to MaxText:
                    per-chip memory (arguments + temporaries) against HBM, FLOPs per step and whether
                    it fits; exit 0 if it fits, 1 if not. With --json: one JSON object instead.
 
-Also runnable as `python -m lwm_plugin.train`.
+Training prints a one-screen summary of the resolved config on stdout, then one line per step with
+the LWM metrics (loss, text and vision loss, token counts; `lwm_plugin.step_metrics`). MaxText's
+log goes to stderr, without its dump of every config key: that is in `<run dir>/lwm_config.json`
+(pass log_config=true to have it on stderr too). `<run dir>/lwm_run.json` records which config
+and model wrote the run's checkpoints; resuming them with another stage or model shape is refused
+(`lwm_plugin.run_dir`). An error of the data loader ends the run with exit code 1 and the loader's
+message (`file:line: reason` for a bad line) as the last line on stderr.
+
+Also runnable as `python -m lwm_plugin.train`; the Python API is `lwm_plugin.training`.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Sequence
 
-from lwm_plugin.config.files import ConfigError, peek, resolve_config_file, uses_data_dir
+from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
 
 PROG = "lwm-train"
 USAGE = f"usage: {PROG} CONFIG.yml [key=value ...] [--print-config | --check [--json]]"
@@ -64,12 +73,6 @@ def _absolute_output_dir(config_file: str, overrides: list[str]) -> list[str]:
   return [f"base_output_directory={os.path.abspath(str(out))}"]
 
 
-def _check_data_dir(config_file: str, overrides: list[str], config) -> None:
-  if uses_data_dir(config_file, overrides) and not config.lwm_data_dir:
-    raise ConfigError(f"{config_file}: this stage reads its data sources under ${{lwm_data_dir}}, which is not set; "
-                      "pass lwm_data_dir=/path/to/your/data (the layout is in docs/stages.md) or set lwm_data_sources")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   args = list(sys.argv[1:] if argv is None else argv)
   if args and args[0] in ("-h", "--help"):
@@ -92,41 +95,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if peek(config_file, overrides, "hardware") == "cpu":
       # Before JAX is imported: keep an installed libtpu from probing for a TPU on a CPU run.
       os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from lwm_plugin.config.lwm_config import check_keys  # pylint: disable=import-outside-toplevel  (imports MaxText)
-
-    check_keys(config_file, overrides)
   except ConfigError as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
+  from lwm_plugin import training  # pylint: disable=import-outside-toplevel  (MaxText/JAX after JAX_PLATFORMS)
 
-  from lwm_plugin import integration  # pylint: disable=import-outside-toplevel
-
-  maxtext_argv = [PROG, config_file, *overrides]
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  if "--check" in flags:
-    report = integration.check_train_step(maxtext_argv, config_file)
-    print(report.to_json() if "--json" in flags else "\n".join(report.lines()), flush=True)
-    return 0 if report.fits else 1
-  config = integration.resolve_config(maxtext_argv)
-  if "--print-config" in flags:
-    print(json.dumps(config.model_dump(mode="json"), sort_keys=True))
-    return 0
   try:
-    _check_data_dir(config_file, overrides, config)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if "--check" in flags:
+      report = training.check(config_file, overrides)
+      print(report.to_json() if "--json" in flags else "\n".join(report.lines()), flush=True)
+      return 0 if report.fits else 1
+    if "--print-config" in flags:
+      print(json.dumps(training.resolve(config_file, overrides).model_dump(mode="json"), sort_keys=True))
+      return 0
+    training.train(config_file, overrides)
   except ConfigError as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
-  logging.getLogger("lwm_plugin").setLevel(logging.INFO)
-  logging.getLogger("lwm_plugin").info("config %s, stage %r", config_file, config.lwm_stage or "(unnamed)")
-  integration.install()
-
-  from absl import app  # pylint: disable=import-outside-toplevel
-  from maxtext.trainers.pre_train import train  # pylint: disable=import-outside-toplevel
-
-  try:
-    app.run(train.main, argv=maxtext_argv)
-  except SystemExit as e:
-    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  except training.LoaderFailed as e:
+    if not e.bad_input:  # a loader failure, not the user's input: its traceback helps
+      traceback.print_exception(e.__cause__)
+    sys.stdout.flush()
+    print(f"{PROG}: error: data loader: {e}", file=sys.stderr, flush=True)
+    return 1
+  except training.TrainingFailed as e:
+    return e.exit_code
   return 0
 
 

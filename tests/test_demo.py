@@ -16,12 +16,10 @@ import pytest
 
 from conftest import REPO, subprocess_env
 from lwm_plugin.demo import plan as demo_plan
+from lwm_plugin import step_metrics
 from lwm_plugin.demo import progress
 from lwm_plugin.demo.run import DemoError, MARKER, _fresh_output_dir
-
-# A training-step line exactly as MaxText 0.2.5's metric_logger writes it.
-MAXTEXT_STEP = ("completed step: 4, seconds: 0.500, TFLOP/s/device: 0.003, Tokens/s/device: 2048.000, "
-                "total_weights: 3434.0, loss: 5.123, lm_loss: 5.123, perplexity: 167.775")
+from lwm_plugin.step_metrics import StepRecord
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -90,20 +88,25 @@ def test_plan_rejects_a_stage_that_starts_from_a_later_one():
                    demo_plan.FAST.grid)
 
 
-def test_step_watcher_reads_maxtext_step_lines_and_estimates_time():
+def _record(step: int, loss: float, seconds: float) -> StepRecord:
+  return StepRecord(step=step, steps=11, loss=loss, text_loss=loss, vision_loss=0.0, text_tokens=4096,
+                    vision_tokens=0, seconds=seconds, tokens_per_s=4096 / seconds)
+
+
+def test_step_watcher_reads_our_step_records_and_estimates_time():
   out, now = io.StringIO(), iter([0.0, 12.0, 12.0])
-  watcher = progress.StepWatcher(out, "stage 2/3 tiny-text-2k", steps=11, tokens_per_step=4096, devices=4,
+  watcher = progress.StepWatcher(out, "stage 2/3 tiny-text-2k", steps=11, tokens_per_step=4096,
                                  remaining=[(20, 8192)], overhead_s=30.0, tail_s=60.0, now=lambda: next(now))
-  logger = logging.getLogger("absl")
   with progress.watching(watcher):
-    logger.warning("Config param steps: 10")  # not a step line: ignored
-    logger.warning(MAXTEXT_STEP)
-  assert logger.handlers.count(watcher) == 0
+    logging.getLogger(step_metrics.LOGGER).warning("completed step: 4, seconds: 0.5, loss: 9.0")  # text: ignored
+    step_metrics.publish(_record(4, 5.123, 0.5))
+  assert logging.getLogger(step_metrics.LOGGER).handlers.count(watcher) == 0
+  step_metrics.publish(_record(5, 5.0, 0.5))  # after the block: not seen
   # step 5 of 11 at 0.5 s: 3 s left; the next stage 20 x 8192 tokens at 0.5 s / 4096 tokens = 20 s, + 30 s
   # start-up, + 60 s tail = 113 s.
   assert out.getvalue() == ("[stage 2/3 tiny-text-2k] step    5/11  loss   5.123     8,192 tokens/s  "
                             "ETA stage 0:03, demo 1:53\n")
-  assert watcher.setup_seconds() == 12.0 and watcher.losses == [5.123]
+  assert watcher.setup_seconds() == 12.0 and [r.loss for r in watcher.records] == [5.123]
 
 
 def test_quiet_output_sends_file_descriptors_to_the_log(tmp_path, capfd):

@@ -21,6 +21,8 @@ DOWNWARD = {("conversion", "data_loaders"), ("lwm_plugin", "data_loaders"), ("lw
 LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("lwm_plugin/convert.py", "lwm_plugin.checkpoints"):
         "MaxText fixes JAX's platform on import: the CLI sets JAX_PLATFORMS=cpu first",
+    ("lwm_plugin/train.py", "lwm_plugin.training"):
+        "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
     ("lwm_plugin/evaluation/cli.py", "lwm_plugin.evaluation.runner"):
         "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
 }

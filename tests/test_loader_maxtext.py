@@ -115,3 +115,23 @@ def test_step_totals_count_exactly_the_rows_maxtext_trains_on():
     expected[by_micro[:, :micro].ravel()] = True
     config = types.SimpleNamespace(gradient_accumulation_steps=ga, micro_batch_size_to_train_on=micro)
     np.testing.assert_array_equal(np.asarray(trained_rows(rows, config)), expected)
+
+
+def test_maxtext_guard_lets_loader_failures_through_and_stops_on_anything_else():
+  """MaxText turns every data-iterator exception into StopTraining (a clean exit 0); not ours."""
+  from maxtext.common import data_loader  # pylint: disable=import-outside-toplevel
+  from maxtext.utils import exceptions  # pylint: disable=import-outside-toplevel
+
+  config = types.SimpleNamespace(elastic_enabled=False)
+  failure = data.LoaderFailed.of(ValueError("not bad data"))
+  assert not failure.bad_input and str(failure) == "ValueError: not bad data"
+  with integration.installed():
+    with pytest.raises(data.LoaderFailed, match="d.jsonl:3: reason"):
+      with data_loader.loader_exception_guard(config):
+        raise data.LoaderFailed("d.jsonl:3: reason")
+    with pytest.raises(exceptions.StopTraining):
+      with data_loader.loader_exception_guard(config):
+        raise KeyError("MaxText's own")
+  with pytest.raises(exceptions.StopTraining):  # uninstalled: MaxText's behaviour
+    with data_loader.loader_exception_guard(config):
+      raise data.LoaderFailed("d.jsonl:3: reason")

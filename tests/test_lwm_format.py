@@ -2,6 +2,7 @@
 
 import json
 import logging
+import pickle
 import random
 
 import numpy as np
@@ -115,6 +116,15 @@ def test_bad_lines_raise_with_file_and_line(vocab, line, kind, message):
   with pytest.raises(LWMFormatError, match=message) as err:
     example_from_line(line, vocab, source="data.jsonl", line_number=7)
   assert err.value.kind == kind and str(err.value).startswith("data.jsonl:7: ")
+
+
+def test_format_error_survives_a_pickle_round_trip(vocab):
+  """Grain worker processes send exceptions back pickled: kind, reason, file and line must survive."""
+  with pytest.raises(LWMFormatError) as err:
+    example_from_line(_line(fields="vision", vision=[8192] + CODES[1:]), vocab, source="d.jsonl", line_number=3)
+  back = pickle.loads(pickle.dumps(err.value))
+  assert type(back) is LWMFormatError and str(back) == str(err.value) == "d.jsonl:3: " + err.value.reason
+  assert (back.kind, back.reason, back.source, back.line_number) == ("code", err.value.reason, "d.jsonl", 3)
 
 
 def _write(path, lines):

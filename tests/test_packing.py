@@ -1,5 +1,7 @@
 """`data_loaders.packing`: exact packed rows, weights, overlong policies, and packed == unpacked padded loss."""
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,15 @@ def test_overlong_policies():
   assert targets == list(range(11, 20))
   with pytest.raises(OverlongError, match="example 0"):
     pack_examples([long], seq_len=4, modality_weights=LAMBDA)
+
+
+def test_overlong_error_survives_a_pickle_round_trip():
+  """Grain worker processes send exceptions back pickled."""
+  long = ex(range(10, 20), [0] + [1] * 9, [0] * 10)
+  with pytest.raises(OverlongError) as err:
+    fit_length(long, 5, "error", "data.jsonl:7")
+  back = pickle.loads(pickle.dumps(err.value))
+  assert type(back) is OverlongError and str(back) == str(err.value) and str(back).startswith("data.jsonl:7: ")
 
 
 def _random_examples(rng, n):

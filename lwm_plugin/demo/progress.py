@@ -1,11 +1,11 @@
 """Progress a person can follow while MaxText trains in-process: stage i/n, step, loss, tokens/s, ETA.
 
-MaxText logs one line per training step through absl ("completed step: 7, seconds: 0.512, ...,
-Tokens/s/device: 2001.3, ..., loss: 4.812, ..."); `StepWatcher` is a logging handler that reads
-those lines and prints a compact one. Everything else MaxText, JAX and Orbax write (thousands of
-config and checkpoint lines, C++ logs on file descriptor 2) goes to a per-step log file:
-`quiet_output` redirects the process's stdout/stderr file descriptors and hands back a stream to
-the terminal. No MaxText import.
+`lwm-train` publishes each finished training step as a `StepRecord` (`lwm_plugin.step_metrics`)
+on the `lwm_plugin.steps` logger; `StepWatcher` is a handler on that logger that keeps the records
+and prints a compact line. Everything else MaxText, JAX and Orbax write (checkpoint lines, C++ logs
+on file descriptor 2) goes to a per-step log file: `quiet_output` redirects the process's
+stdout/stderr file descriptors and hands back a stream to the terminal. No MaxText import, and no
+reading of MaxText's log text.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
-_STEP = re.compile(r"completed step: (\d+), seconds: ([\d.]+).*?Tokens/s/device: ([\d.]+).*?\bloss: ([\d.]+)")
+from lwm_plugin.step_metrics import LOGGER, StepRecord, record_of
 
 
 def clock(seconds: float) -> str:
@@ -58,41 +57,37 @@ def terminal_stream() -> TextIO:
 
 
 class StepWatcher(logging.Handler):
-  """Prints `[stage i/n name] step s/S  loss  tokens/s  ETA stage / demo` for each MaxText step.
+  """Prints `[stage i/n name] step s/S  loss  tokens/s  ETA stage / demo` for each training step.
 
   ETA for the stage is its remaining steps at the median recent step time; for the demo it adds
   the remaining stages' steps at the measured seconds per token, plus `overhead_s` per stage
   still to start (start-up and compilation, re-measured as stages finish), plus `tail_s` (export
   and evaluation). `remaining` yields (steps, tokens per step) of the stages after this one.
+  `records` keeps the stage's step records (the report's losses and rates).
   """
 
-  def __init__(self, out: TextIO, label: str, steps: int, tokens_per_step: int, devices: int,
+  def __init__(self, out: TextIO, label: str, steps: int, tokens_per_step: int,
                remaining: list[tuple[int, int]], overhead_s: float, tail_s: float,
                now: Callable[[], float] = time.monotonic):
     super().__init__(level=logging.INFO)
-    self.out, self.label, self.steps, self.devices = out, label, steps, devices
+    self.out, self.label, self.steps = out, label, steps
     self.tokens_per_step, self.remaining = tokens_per_step, remaining
     self.overhead_s, self.tail_s, self.now = overhead_s, tail_s, now
     self.started = now()
     self.first_step_at: float | None = None
-    self.step_seconds: list[float] = []
-    self.tokens_per_s: list[float] = []
-    self.losses: list[float] = []
+    self.records: list[StepRecord] = []
 
   def emit(self, record: logging.LogRecord) -> None:
-    match = _STEP.search(record.getMessage())
-    if match is None:
+    step = record_of(record)
+    if step is None:
       return
-    step, seconds, per_device, loss = int(match[1]), float(match[2]), float(match[3]), float(match[4])
     if self.first_step_at is None:
       self.first_step_at = self.now()
-    self.step_seconds.append(seconds)
-    self.tokens_per_s.append(per_device * self.devices)
-    self.losses.append(loss)
-    self.out.write(self.line(step, loss) + "\n")
+    self.records.append(step)
+    self.out.write(self.line(step.step, step.loss) + "\n")
 
   def seconds_per_step(self) -> float:
-    recent = sorted(self.step_seconds[-10:])
+    recent = sorted(r.seconds for r in self.records[-10:])
     return recent[len(recent) // 2] if recent else 0.0
 
   def line(self, step: int, loss: float) -> str:
@@ -101,7 +96,7 @@ class StepWatcher(logging.Handler):
     per_token = per_step / self.tokens_per_step
     later = sum(steps * tokens * per_token + self.overhead_s for steps, tokens in self.remaining)
     return (f"[{self.label}] step {step + 1:>4}/{self.steps}  loss {loss:7.3f}  "
-            f"{self.tokens_per_s[-1]:>8,.0f} tokens/s  ETA stage {clock(stage_eta)}, "
+            f"{self.records[-1].tokens_per_s:>8,.0f} tokens/s  ETA stage {clock(stage_eta)}, "
             f"demo {clock(stage_eta + later + self.tail_s)}")
 
   def setup_seconds(self) -> float:
@@ -111,8 +106,8 @@ class StepWatcher(logging.Handler):
 
 @contextlib.contextmanager
 def watching(handler: StepWatcher) -> Iterator[StepWatcher]:
-  """Attaches `handler` to absl's logger (MaxText's `max_logging`) for the block."""
-  logger = logging.getLogger("absl")
+  """Attaches `handler` to the step-record logger (`lwm_plugin.steps`) for the block."""
+  logger = logging.getLogger(LOGGER)
   logger.addHandler(handler)
   try:
     yield handler

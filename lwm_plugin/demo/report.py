@@ -10,10 +10,10 @@ import dataclasses
 import datetime
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from data_loaders.atomic_file import atomic_path
 from lwm_plugin.demo.plan import Plan
 from lwm_plugin.demo.progress import clock
 
@@ -115,12 +115,7 @@ def render(summary: Summary, root: Path) -> str:
 
 def write(path: Path, summary: Summary) -> Path:
   """Writes the report atomically (temporary file + rename)."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(render(summary, path.parent))
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+  text = render(summary, path.parent)
+  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
   return path

@@ -4,7 +4,7 @@
 
 1. generates the synthetic corpus and its tokenizer (`data_loaders.tiny_data`: needles, retrieval
    chats, shapes-and-colours images and videos; deterministic, nothing downloaded);
-2. trains the tiny stage chain (`plan.py`) with MaxText's own loop (`lwm_plugin.train`), ring
+2. trains the tiny stage chain (`plan.py`) with MaxText's own loop (`lwm_plugin.training`), ring
    attention over the 4 devices' context axis, each stage initialised from the previous one's final
    checkpoint (the first vision stage from the text model with its vocabulary extended);
 3. exports the final model and the needle model to Hugging Face (`lwm-convert to-hf`);
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import platform
 import shutil
@@ -32,7 +31,7 @@ from typing import TextIO
 
 from conversion.spec import ConversionError
 from data_loaders import tiny_data
-from lwm_plugin import checkpoints, train
+from lwm_plugin import checkpoints, training
 from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
 from lwm_plugin.demo import progress, report
 from lwm_plugin.demo.jax_env import DEVICES, configure
@@ -55,7 +54,7 @@ class DemoError(RuntimeError):
 
 @dataclasses.dataclass
 class StageResult:
-  """What the report says about one stage (from its metrics file and the step watcher)."""
+  """What the report says about one stage (from its step records)."""
   stage: Stage
   context: int
   rope_theta: float
@@ -107,12 +106,11 @@ class Demo:
   def _quiet(self, name: str):
     return progress.quiet_output(self.logs / f"{name}.log", self.term)
 
-  def _step(self, name: str, rc: int) -> None:
-    if rc != 0:
-      log = self.logs / f"{name}.log"
-      lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-      tail = "\n".join([line for line in lines if "Config param" not in line][-25:])
-      raise DemoError(f"{name} failed with exit code {rc}; full log: {log}\n--- last lines ---\n{tail}")
+  def _failed(self, name: str, error: BaseException) -> DemoError:
+    log = self.logs / f"{name}.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    tail = "\n".join(lines[-25:])
+    return DemoError(f"{name} failed: {error}; full log: {log}\n--- last lines ---\n{tail}")
 
   @contextlib.contextmanager
   def _converting(self, name: str):
@@ -120,7 +118,7 @@ class Demo:
     try:
       yield
     except (ConversionError, ConfigError) as e:
-      raise DemoError(f"{name} failed: {e}; full log: {self.logs / name}.log") from e
+      raise self._failed(name, e) from e
 
   # -- 1. data --------------------------------------------------------------------------------
   def generate_data(self) -> None:
@@ -138,7 +136,7 @@ class Demo:
     if stage.extend_vocab:
       target = self.runs / f"{stage.init}-vision-vocab"
       name = f"{stage.name}.extend-vocab"
-      with self._quiet(name), self._converting(name):
+      with self._converting(name), self._quiet(name):
         checkpoints.extend_vocab(stage.config, str(items), str(target), overrides=self._common())
       self.say(f"vocabulary of {stage.init} extended for {stage.name}: {target}")
       items = target / "0" / "items"
@@ -156,9 +154,8 @@ class Demo:
   def train(self, index: int, stage: Stage) -> StageResult:
     n = len(self.plan.stages)
     config = resolve_config_file(stage.config)
-    metrics = self.logs / f"{stage.name}.metrics.jsonl"
     start = time.monotonic()
-    overrides = [*self._common(), f"steps={stage.steps}", f"metrics_file={metrics}", *self._init_checkpoint(stage)]
+    overrides = [*self._common(), f"steps={stage.steps}", *self._init_checkpoint(stage)]
     context = int(peek(config, overrides, "max_target_length"))
     theta = float(peek(config, overrides, "rope_max_timescale"))
     extended = " (vocabulary extended)" if stage.extend_vocab else ""
@@ -170,17 +167,22 @@ class Demo:
              for s in self.plan.stages[index + 1:]]
     tokens_per_step = self._tokens_per_step(config, overrides)
     watcher = progress.StepWatcher(self.term, f"stage {index + 1}/{n} {stage.name}", stage.steps, tokens_per_step,
-                                   DEVICES, later, overhead, tail_s=overhead * TAIL_IN_STAGE_STARTUPS)
-    with self._quiet(stage.name), progress.watching(watcher):
-      rc = train.main([config, *overrides])
-    self._step(stage.name, rc)
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    last = rows[-1]
+                                   later, overhead, tail_s=overhead * TAIL_IN_STAGE_STARTUPS)
+    try:
+      with self._quiet(stage.name), progress.watching(watcher):
+        training.train(config, overrides)
+    except (ConfigError, training.LoaderFailed, training.TrainingFailed) as e:
+      raise self._failed(stage.name, e) from e
+    records = watcher.records
+    if len(records) != stage.steps:
+      raise DemoError(f"{stage.name}: {len(records)} step records for {stage.steps} steps; log: "
+                      f"{self.logs / stage.name}.log")
+    last = records[-1]
     result = StageResult(
         stage=stage, context=context, rope_theta=theta, tokens_per_step=tokens_per_step,
-        losses=[r["learning/loss"] for r in rows], text_loss=last["lwm/text_loss"],
-        vision_loss=last["lwm/vision_loss"] if last["lwm/vision_tokens"] else None,
-        tokens_per_s=statistics.median(r["perf/per_device_tokens_per_sec"] for r in rows[1:] or rows) * DEVICES,
+        losses=[r.loss for r in records], text_loss=last.text_loss,
+        vision_loss=last.vision_loss if last.vision_tokens else None,
+        tokens_per_s=statistics.median(r.tokens_per_s for r in records[1:] or records),
         setup_s=watcher.setup_seconds(), wall_s=time.monotonic() - start,
         checkpoint=self.runs / stage.name / "checkpoints" / str(stage.steps - 1) / "items")
     if not result.checkpoint.is_dir():
@@ -196,7 +198,7 @@ class Demo:
     target = self.out / "hf" / name
     target.parent.mkdir(exist_ok=True)
     start = time.monotonic()
-    with self._quiet(f"{name}.to-hf"), self._converting(f"{name}.to-hf"):
+    with self._converting(f"{name}.to-hf"), self._quiet(f"{name}.to-hf"):
       checkpoints.to_hf(result.stage.config, str(result.checkpoint), str(target), overrides=self._common(),
                         dtype="float32")
     self.timings[f"export {name}"] = time.monotonic() - start

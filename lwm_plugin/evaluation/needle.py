@@ -17,13 +17,13 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from data_loaders import synthetic_corpus as corpus
+from data_loaders.atomic_file import atomic_path
 from data_loaders.chat_template import chat_example
 from data_loaders.vocab import MultimodalVocab
 
@@ -160,15 +160,8 @@ def accuracy_table(trials: Sequence[Trial], field: str = "score") -> tuple[list[
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-  os.close(fd)
-  try:
+  with atomic_path(path) as tmp:
     write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
   return path
 
 

@@ -7,6 +7,7 @@ MaxText (a test enforces the allow-list). Use:
   integration.install()            # idempotent; logs the install report; raises SeamError if MaxText moved
   with integration.installed():    # scoped form for tests: originals restored on exit
     ...
+  integration.run_training(argv)   # MaxText's train main; raises LoaderFailed if the LWM loader fails
 
 Nothing is patched on import.
 """
@@ -18,8 +19,9 @@ from typing import Any, Sequence
 from maxtext.configs import pyconfig
 
 from lwm_plugin.config.lwm_config import LWMConfig
-from lwm_plugin.integration import aot, attention, config_class, cp_reorder, data, loss_fn, steps
+from lwm_plugin.integration import aot, attention, config_class, cp_reorder, data, loss_fn, metrics, steps
 from lwm_plugin.integration.core import Patch, Seam, SeamError
+from lwm_plugin.integration.data import LoaderFailed, close_iterators
 
 # ---------------------------------------------------------------------------------------------
 # The patch table. Each row: target, expected parameters (tripwire), replacement factory,
@@ -58,6 +60,14 @@ PATCH_TABLE: tuple[Patch, ...] = (
         remove_when="MaxText rejects unknown dataset types and accepts registered pipelines",
     ),
     Patch(
+        target="maxtext.common.data_loader:loader_exception_guard",
+        params=("config",),
+        make=data.loader_exception_guard,
+        reason="MaxText turns every data-iterator exception into StopTraining (logged, exit 0); an LWM loader error "
+               "(bad data: file:line) must fail the run",
+        remove_when="MaxText's trainer re-raises data errors (or only stops on StopIteration)",
+    ),
+    Patch(
         target="maxtext.trainers.pre_train.train:loss_fn",
         params=("model", "config", "data", "dropout_rng", "params", "sparsity_state", "is_train"),
         make=loss_fn.replace_loss_fn,
@@ -87,6 +97,14 @@ PATCH_TABLE: tuple[Patch, ...] = (
         reason="the ahead-of-time batch shape must include targets_weights / targets_vision_mask, else the train "
                "step compiles twice",
         remove_when="MaxText derives the shaped batch from the data iterator",
+    ),
+    Patch(
+        target="maxtext.common.metric_logger:MetricLogger.write_metrics",
+        params=("self", "metrics", "step", "metric_type"),
+        make=metrics.write_metrics,
+        reason="each training step's LWM metrics (text/vision loss, token counts) as our own record: lwm-train's "
+               "per-step line on stdout, the demo's progress (MaxText only logs its own keys, as text)",
+        remove_when="MaxText's metric logger accepts user metric sinks",
     ),
     # Ring attention (issue 3): lwm_plugin/integration/attention.py.
     Patch(
@@ -176,6 +194,25 @@ def resolve_config(argv: Sequence[str]) -> Any:
     return pyconfig.initialize_pydantic(list(argv), config_class=LWMConfig)
 
 
+def run_training(argv: Sequence[str]) -> int:
+  """MaxText's pre-training `main` under absl, as `python -m maxtext.trainers.pre_train.train ARGV`; its exit code.
+
+  Raises `LoaderFailed` when the LWM loader fails (MaxText would log "Training stopped" and exit 0).
+  Either way the loader's iterators are closed before returning (Grain worker processes and shared
+  memory; left to interpreter shutdown they print warnings after the run's last line).
+  """
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from maxtext.trainers.pre_train import train  # pylint: disable=import-outside-toplevel
+
+  try:
+    app.run(train.main, argv=list(argv))
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  finally:
+    close_iterators()
+  return 0
+
+
 def check_train_step(argv: Sequence[str], config_file: str) -> Any:
   """`lwm-train --check`: AOT-compiles the train step of `argv` (compile_topology set) with the plugin installed.
 
@@ -186,5 +223,5 @@ def check_train_step(argv: Sequence[str], config_file: str) -> Any:
     return aot.compile_train_step(argv, config, config_file, _CHECK_SEAM)
 
 
-__all__ = ["CHECK_ONLY_TABLE", "PATCH_TABLE", "Patch", "SeamError", "check", "check_train_step", "install", "installed",
-           "is_installed", "report", "resolve_config", "uninstall"]
+__all__ = ["CHECK_ONLY_TABLE", "PATCH_TABLE", "LoaderFailed", "Patch", "SeamError", "check", "check_train_step",
+           "install", "installed", "is_installed", "report", "resolve_config", "run_training", "uninstall"]

@@ -15,12 +15,17 @@ Four replacements (rows in `PATCH_TABLE`):
 * `maxtext_utils.get_shaped_batch`: the ahead-of-time batch shape includes the LWM keys of the
   batch schema (`data_loaders.batch.LWM_KEYS`), else the train step compiles twice.
 
+* `data_loader.loader_exception_guard`: MaxText stops training cleanly (exit 0) on any exception
+  from the data iterator; `LoaderFailed` (any error of the LWM loader, raised by our iterator)
+  passes through so that the run fails with the loader's message.
+
 The settings the LWM loader cannot honour are refused by the config class
 (`lwm_plugin.config.lwm_config.LWMConfig`), before anything runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -31,6 +36,7 @@ import jax
 from maxtext.input_pipeline import data_processing_utils, multihost_dataloading
 from maxtext.input_pipeline.synthetic_data_processing import PlaceHolderDataIterator
 
+from data_loaders import DATA_ERRORS
 from data_loaders.batch import LWM_KEYS
 from data_loaders.pipeline import LoaderConfig, build_dataset, describe
 from lwm_plugin.config.settings import model_vocab
@@ -38,6 +44,70 @@ from lwm_plugin.config.settings import model_vocab
 logger = logging.getLogger("lwm_plugin.integration")
 
 _OURS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+class LoaderFailed(RuntimeError):
+  """The LWM loader raised while building or reading its iterator; `__cause__` is its exception.
+
+  MaxText's train loop turns any exception from `next(data_iterator)` into a clean stop (exit 0);
+  this one passes through (`loader_exception_guard`) so that `lwm-train` exits non-zero with the
+  loader's message (`file:line: reason` for bad data).
+  """
+
+  bad_input = False  # True: bad data or a missing file (the message says which); False: the loader failed
+
+  @classmethod
+  def of(cls, cause: BaseException) -> "LoaderFailed":
+    """Bad input keeps its message (`file:line: reason`); any other error is prefixed by its type."""
+    if isinstance(cause, (*DATA_ERRORS, FileNotFoundError)):
+      failed = cls(str(cause))
+      failed.bad_input = True
+      return failed
+    return cls(f"{type(cause).__name__}: {cause}")
+
+
+class _LWMDataIterator(multihost_dataloading.MultiHostDataLoadIterator):
+  """MaxText's multi-host iterator; an exception from the LWM loader surfaces as `LoaderFailed`."""
+
+  def __next__(self):
+    try:
+      return super().__next__()
+    except StopIteration:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (re-raised, wrapped)
+      raise LoaderFailed.of(e) from e
+
+  def close(self):
+    """Closes the Grain iterator: its worker processes and shared memory (idempotent).
+
+    MaxText's `close` also probes `_parent` with hasattr, which a Grain multiprocessing iterator
+    answers with an AssertionError, printed from `__del__` at every exit with workers.
+    """
+    if hasattr(self, "local_iterator"):
+      self.local_iterator.close()
+
+
+def close_iterators() -> None:
+  """Closes every LWM loader iterator now (before a failed run prints its last line)."""
+  for iterator in list(_OURS):
+    if isinstance(iterator, _LWMDataIterator):
+      iterator.close()
+
+
+def loader_exception_guard(original):
+  """Patch factory: MaxText's guard around `next(data_iterator)`, letting `LoaderFailed` through."""
+
+  @contextlib.contextmanager
+  def guard(config):
+    try:
+      yield
+    except LoaderFailed:
+      raise
+    except Exception:  # pylint: disable=broad-except  (MaxText's own handling)
+      with original(config):
+        raise
+
+  return guard
 
 
 def _make_iterator(config: Any, mesh: Any, process_indices: list[int], training: bool) -> Any:
@@ -51,9 +121,12 @@ def _make_iterator(config: Any, mesh: Any, process_indices: list[int], training:
   shard_index, shard_count = process_indices.index(jax.process_index()), len(process_indices)
   for line in describe(loader):
     logger.info("%s%s", "" if training else "(eval) ", line)
-  dataset = build_dataset(loader, vocab, shard_index=shard_index, shard_count=shard_count)
+  try:
+    dataset = build_dataset(loader, vocab, shard_index=shard_index, shard_count=shard_count)
+  except (OSError, ValueError) as e:  # missing files, bad sources: the loader's own messages
+    raise LoaderFailed.of(e) from e
   padding = config.generate_padding_batch_train if training else config.generate_padding_batch_eval
-  iterator = multihost_dataloading.MultiHostDataLoadIterator(dataset, mesh, padding)
+  iterator = _LWMDataIterator(dataset, mesh, padding)
   _OURS.add(iterator)
   return iterator
 
