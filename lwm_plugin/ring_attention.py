@@ -52,7 +52,7 @@ def _first_non_integer(name: str, values) -> None:
   bad = values[~(np.isfinite(values) & (values == np.round(values)))]
   if bad.size:
     raise ValueError(f"{name} must hold integer values (segment ids and positions are token indices), found "
-                     f"{bad.flat[0]!r} in a {values.dtype} array")
+                     f"{bad.flat[0].item()!r} in a {values.dtype} array")
 
 
 def as_token_ints(name: str, x):
