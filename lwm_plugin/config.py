@@ -17,7 +17,7 @@ from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
 from pydantic import model_validator
 
 from lwm_plugin.config_files import ConfigError, config_chain
-from lwm_plugin.kernels.ring import ring as ring_kernels
+from lwm_plugin.kernels import ring as ring_kernels
 from lwm_plugin.settings import LWMSettings
 
 
