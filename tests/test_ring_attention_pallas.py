@@ -203,13 +203,14 @@ def test_pallas_interprets_on_cpu():
 
 def test_kernels_for_names_what_the_compile_target_gets():
   # An ahead-of-time compile for a TPU topology from this CPU host gets the Mosaic kernels.
-  assert [hop_pallas.kernels_for("auto", p) for p in ("tpu", "cuda", "gpu", "cpu")] == ["mosaic", "triton", "triton", "xla"]
-  assert [hop_pallas.kernels_for("pallas", p) for p in ("tpu", "rocm", "cpu")] == ["mosaic", "triton", "mosaic (interpreted)"]
-  assert hop_pallas.kernels_for("xla", "tpu") == "xla" and hop_pallas.kernels_for("pallas_gpu", "cpu") == "triton (interpreted)"
+  kernels_for = hop_pallas.kernels_for
+  assert [kernels_for("auto", p) for p in ("tpu", "cuda", "gpu", "cpu")] == ["mosaic", "triton", "triton", "xla"]
+  assert [kernels_for("pallas", p) for p in ("tpu", "rocm", "cpu")] == ["mosaic", "triton", "mosaic (interpreted)"]
+  assert kernels_for("xla", "tpu") == "xla" and kernels_for("pallas_gpu", "cpu") == "triton (interpreted)"
   with pytest.raises(ValueError, match=r"'pallas_tpu' has no kernels for platform 'gpu'"):
-    hop_pallas.kernels_for("pallas_tpu", "gpu")
+    kernels_for("pallas_tpu", "gpu")
   with pytest.raises(ValueError, match="expected one of"):
-    hop_pallas.kernels_for("mosaic", "tpu")
+    kernels_for("mosaic", "tpu")
 
 
 def test_kernel_families_refuse_the_other_accelerator(monkeypatch):
