@@ -1,6 +1,6 @@
 """`lwm-eval needle`: the paper's needle-in-a-haystack retrieval on our checkpoints or HF exports.
 
-  lwm-eval needle --config CONFIG.yml --model CHECKPOINT_OR_HF_DIR [--context-lengths 1024,2048,4096]
+  lwm-eval needle --config CONFIG.yml --model CHECKPOINT_OR_HF_DIR [--context-lengths 1000,2000,4000]
                   [--depths 0,0.25,0.5,0.75,1] [--needles N] [--asked R] [--rounds K] [--seed S]
                   [--output DIR] [key=value ...]
 
@@ -11,18 +11,27 @@ CONFIG.yml describes the model (dims, vocabulary keys `lwm_*`, attention, mesh),
 The prompt is processed with the config's attention (ring attention over the context axis with
 `attention: ring`), answers are decoded greedily over the text ids. Writes `DIR/needle_<task>.json`
 (every trial) and `DIR/needle_<task>.png` (the heatmap); prints the accuracy table.
+
+Before any work (`prepare_needle`) it checks the model path, the grid, every context length plus
+the answer budget against the model's `max_target_length` (CONFIG.yml and overrides: a model is not
+evaluated beyond its trained context unless `max_target_length=N` says so), the resolved config,
+the vocabulary and every prompt. A usage error prints `lwm-eval: error: ...`, exits 2 and writes
+nothing; a Hugging Face model that fails to import leaves no output directory behind either.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import json
 import logging
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -31,23 +40,36 @@ from lwm_plugin.config_files import ConfigError, peek, resolve_config_file
 PROG = "lwm-eval"
 
 
-def _floats(text: str) -> list[float]:
-  return [float(x) for x in text.split(",") if x.strip()]
+class UsageError(ValueError):
+  """A request lwm-eval refuses before doing any work or writing anything (`lwm-eval: error:`, rc 2)."""
 
 
-def _ints(text: str) -> list[int]:
-  return [int(x) for x in text.split(",") if x.strip()]
+class _Parser(argparse.ArgumentParser):
+  """argparse whose errors read `lwm-eval: error: ...` (rc 2) for the subcommands too."""
+
+  def error(self, message: str):
+    self.print_usage(sys.stderr)
+    self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def _numbers(kind: type, text: str) -> list:
+  try:
+    return [kind(x) for x in text.split(",") if x.strip()]
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from e
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n", 1)[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _Parser(prog=PROG, description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("needle", help="needle-in-a-haystack retrieval over context length x depth")
   p.add_argument("--config", required=True, help="model config (.yml), as for lwm-train")
   p.add_argument("--model", required=True, help="MaxText .../<step>/items directory or Hugging Face directory")
-  p.add_argument("--context-lengths", type=_ints, default=[1024, 2048, 4096])
-  p.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="fractions of the haystack")
+  p.add_argument("--context-lengths", type=functools.partial(_numbers, int), default=None,
+                 help="prompt lengths in tokens; each plus the answer must fit the model's max_target_length "
+                      "(default: a quarter, half and all of what fits)")
+  p.add_argument("--depths", type=functools.partial(_numbers, float), default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                 help="fractions of the haystack")
   p.add_argument("--needles", type=int, default=1, help="N facts in the context")
   p.add_argument("--asked", type=int, default=1, help="R facts asked (<= N)")
   p.add_argument("--rounds", type=int, default=1, help="random needles per grid cell")
@@ -57,48 +79,152 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def maxtext_checkpoint(model: str, config_file: str, overrides: Sequence[str], workdir: Path) -> str:
-  """The Orbax items directory to load: `model` itself, or an import of a Hugging Face directory."""
+@dataclasses.dataclass(frozen=True)
+class _Model:
+  """Where the weights are: a Hugging Face directory to import, or a MaxText items directory."""
+  path: Path
+  is_hf: bool
+
+
+_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _locate_model(model: str) -> _Model:
   path = Path(model)
   if (path / "config.json").is_file():
-    from conversion import cli as convert_cli  # pylint: disable=import-outside-toplevel
-
-    target = workdir / "hf_import"
-    if target.exists():
-      shutil.rmtree(target)
-    rc = convert_cli.main(["from-hf", "--config", config_file, "--hf", str(path), "--output", str(target),
-                           "--dtype", "float32", "--no-progress", *overrides])
-    if rc != 0:
-      raise RuntimeError(f"importing the Hugging Face model {path} failed (lwm-convert exit code {rc})")
-    return str(target / "0" / "items")
+    try:
+      config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise UsageError(f"--model {model}: config.json is not readable JSON ({e})") from e
+    if not isinstance(config, dict) or not any((path / name).is_file() for name in _HF_WEIGHTS):
+      raise UsageError(f"--model {model}: a Hugging Face directory needs a config.json object and weights "
+                       f"({' or '.join(_HF_WEIGHTS)})")
+    return _Model(path, True)
   if path.name != "items" and (path / "items").is_dir():
     path = path / "items"
   if not path.is_dir():
-    raise FileNotFoundError(f"--model {model}: neither a MaxText checkpoint items directory nor a Hugging Face "
-                            "directory (no config.json)")
-  return str(path)
+    raise UsageError(f"--model {model}: neither a MaxText checkpoint items directory nor a Hugging Face directory "
+                     "(no config.json)")
+  return _Model(path, False)
 
 
-def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, context_lengths: Sequence[int],
-                    depths: Sequence[float], tasks, rounds: int, seed: int, output: str | Path,
-                    log=print) -> list[tuple[Path, Path, float]]:
-  """Runs the grid for each `needle.NeedleTask` in `tasks` with one model (imported and compiled once);
-  returns (results JSON, heatmap PNG, mean accuracy) per task."""
+def _check_grid(context_lengths: Sequence[int] | None, depths: Sequence[float], rounds: int, tasks) -> None:
+  if context_lengths is not None and (not context_lengths or min(context_lengths) <= 0):
+    raise UsageError(f"--context-lengths {list(context_lengths)}: expected one or more positive token counts")
+  if not depths or not all(0.0 <= d <= 1.0 for d in depths):
+    raise UsageError(f"--depths {list(depths)}: expected one or more fractions in [0, 1]")
+  if rounds < 1:
+    raise UsageError(f"--rounds {rounds}: expected at least 1")
+  if not tasks:
+    raise UsageError("no needle task to run")
+
+
+def _model_length(config_file: str, overrides: Sequence[str]) -> int:
+  """The model's max_target_length (CONFIG.yml and overrides), read without resolving the config."""
+  value = peek(config_file, overrides, "max_target_length")
+  try:
+    length = int(value) if not isinstance(value, (bool, float)) else 0
+  except (TypeError, ValueError):
+    length = 0
+  if length <= 0:
+    raise UsageError(f"{config_file}: max_target_length {value!r} is not a positive int")
+  return length
+
+
+def _fit_lengths(config_file: str, overrides: Sequence[str], context_lengths: Sequence[int] | None,
+                 tasks) -> tuple[list[int], int]:
+  """(context lengths, the max_target_length to run with). Raises UsageError if a prompt and its answer
+  exceed the model's max_target_length; None lengths: a quarter, half and all of what fits."""
   from lwm_plugin.evaluation import needle  # pylint: disable=import-outside-toplevel
-  from lwm_plugin import integration  # pylint: disable=import-outside-toplevel  (imports MaxText)
-  from lwm_plugin.integration.inference import GreedyDecoder, load_config  # pylint: disable=import-outside-toplevel
+
+  budget = max(needle.answer_budget(task) for task in tasks)
+  model_length = _model_length(config_file, overrides)
+  fits = model_length - budget
+  if fits < 1:
+    raise UsageError(f"{config_file}: max_target_length {model_length} leaves no room for a prompt and a "
+                     f"{budget}-token answer")
+  if context_lengths is None:
+    context_lengths = sorted({max(1, fits // 4), max(1, fits // 2), fits})
+  longest = max(context_lengths)
+  if longest > fits:
+    raise UsageError(
+        f"--context-lengths {longest}: a {longest}-token prompt plus up to {budget} answer tokens exceeds the "
+        f"model's max_target_length {model_length} ({config_file}); use lengths up to {fits}, "
+        "or pass max_target_length=N to evaluate beyond the trained context")
+  if any(o.startswith("max_target_length=") for o in overrides):
+    return list(context_lengths), model_length
+  return list(context_lengths), min(model_length, -(-(longest + budget) // 1024) * 1024)  # no longer than needed
+
+
+@dataclasses.dataclass
+class NeedleRun:
+  """A checked needle evaluation: the config, the grids and where the weights and results go. Building
+  it (`prepare_needle`) reads files and resolves the config but writes nothing."""
+  config: Any
+  vocab: Any
+  model: _Model
+  config_file: str
+  overrides: tuple[str, ...]
+  grids: list
+  output: Path
+
+
+def prepare_needle(config_file: str, model: str, overrides: Sequence[str], *, context_lengths: Sequence[int] | None,
+                   depths: Sequence[float], tasks, rounds: int, seed: int, output: str | Path) -> NeedleRun:
+  """Every check lwm-eval makes before any work: the model path, the grid, the lengths against the model's
+  max_target_length, the resolved config, the vocabulary and every prompt. Raises UsageError (or ConfigError
+  / ValueError from the config and the prompt builder); writes nothing."""
+  from lwm_plugin.evaluation import needle  # pylint: disable=import-outside-toplevel
+  from lwm_plugin.integration.inference import load_config  # pylint: disable=import-outside-toplevel
   from lwm_plugin.vocab import MultimodalVocab  # pylint: disable=import-outside-toplevel
 
   out = Path(output)
-  out.mkdir(parents=True, exist_ok=True)
-  checkpoint = maxtext_checkpoint(model, config_file, overrides, out)
-  longest = max(context_lengths) + max(needle.answer_budget(task) for task in tasks)
+  if out.exists() and not out.is_dir():
+    raise UsageError(f"--output {out}: exists and is not a directory")
+  located = _locate_model(model)
+  _check_grid(context_lengths, depths, rounds, tasks)
+  context_lengths, max_target_length = _fit_lengths(config_file, overrides, context_lengths, tasks)
+  checkpoint = out / "hf_import" / "0" / "items" if located.is_hf else located.path
   config = load_config([PROG, config_file, "run_name=lwm_eval", "enable_checkpointing=false",
-                        f"load_parameters_path={checkpoint}", *overrides,
-                        *([] if any(o.startswith("max_target_length=") for o in overrides)
-                          else [f"max_target_length={-(-longest // 1024) * 1024}"])])
+                        f"load_parameters_path={checkpoint}", *overrides, f"max_target_length={max_target_length}"])
   vocab = MultimodalVocab.from_settings(config)
   vocab.is_text_model(config.vocab_size)  # a text or a multimodal model; any other size is an error
+  grids = [needle.build_grid(vocab, task, context_lengths, depths, rounds, seed) for task in tasks]
+  return NeedleRun(config, vocab, located, config_file, tuple(overrides), list(zip(tasks, grids)), out)
+
+
+def _import_hf(run: NeedleRun) -> None:
+  """`lwm-convert from-hf` of the Hugging Face model into OUTPUT/hf_import (removed again if it fails)."""
+  from conversion import cli as convert_cli  # pylint: disable=import-outside-toplevel
+
+  target = run.output / "hf_import"
+  if target.exists():
+    shutil.rmtree(target)
+  rc = convert_cli.main(["from-hf", "--config", run.config_file, "--hf", str(run.model.path), "--output", str(target),
+                         "--dtype", "float32", "--no-progress", *run.overrides])
+  if rc != 0:
+    raise UsageError(f"--model {run.model.path}: importing the Hugging Face model failed (lwm-convert exit code "
+                     f"{rc}, its message above)")
+
+
+def run_needle(run: NeedleRun, log=print) -> list[tuple[Path, Path, float]]:
+  """Imports the weights if needed, compiles the model once and answers every grid; returns (results JSON,
+  heatmap PNG, mean accuracy) per task."""
+  from lwm_plugin import integration  # pylint: disable=import-outside-toplevel  (imports MaxText)
+  from lwm_plugin.evaluation import needle  # pylint: disable=import-outside-toplevel
+  from lwm_plugin.integration.inference import GreedyDecoder  # pylint: disable=import-outside-toplevel
+
+  created = not run.output.exists()
+  run.output.mkdir(parents=True, exist_ok=True)
+  if run.model.is_hf:
+    try:
+      _import_hf(run)
+    except BaseException:
+      shutil.rmtree(run.output / "hf_import", ignore_errors=True)
+      if created:
+        shutil.rmtree(run.output, ignore_errors=True)
+      raise
+  config, vocab = run.config, run.vocab
   integration.install()
   decoder = GreedyDecoder(config)
   text_ids = np.arange(vocab.text_size)  # the answer is text: greedy over the text ids only
@@ -111,12 +237,22 @@ def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, c
     return [vocab.decode_text([int(t) for t in o if t != vocab.eos_id]) for o in outs]
 
   reports = []
-  for task in tasks:
-    trials = needle.build_grid(vocab, task, context_lengths, depths, rounds, seed)
-    log(f"{PROG}: {task.name}, {len(trials)} prompts, model {checkpoint}, attention {config.attention}")
+  for task, trials in run.grids:
+    log(f"{PROG}: {task.name}, {len(trials)} prompts, model {config.load_parameters_path}, "
+        f"attention {config.attention}")
     needle.run_grid(trials, generate, task)
-    reports.append(_write_task(out, task, trials, log))
+    reports.append(_write_task(run.output, task, trials, log))
   return reports
+
+
+def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, context_lengths: Sequence[int],
+                    depths: Sequence[float], tasks, rounds: int, seed: int, output: str | Path,
+                    log=print) -> list[tuple[Path, Path, float]]:
+  """Runs the grid for each `needle.NeedleTask` in `tasks` with one model (imported and compiled once);
+  returns (results JSON, heatmap PNG, mean accuracy) per task. Checks everything first (`prepare_needle`)."""
+  run = prepare_needle(config_file, model, overrides, context_lengths=context_lengths, depths=depths, tasks=tasks,
+                       rounds=rounds, seed=seed, output=output)
+  return run_needle(run, log)
 
 
 def _write_task(out: Path, task, trials, log) -> tuple[Path, Path, float]:
@@ -138,7 +274,11 @@ def _write_task(out: Path, task, trials, log) -> tuple[Path, Path, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+  """`lwm-eval`; returns the exit code (2 for every usage error, with nothing written)."""
+  try:
+    args = _parser().parse_args(argv)
+  except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
+    return int(e.code or 0)
   try:
     config_file = resolve_config_file(args.config)
     if peek(config_file, args.overrides, "hardware") == "cpu":
@@ -148,14 +288,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lwm_plugin.evaluation import needle  # pylint: disable=import-outside-toplevel
 
     task = needle.NeedleTask(args.needles, args.asked)
-
     check_keys(config_file, args.overrides)
+    run = prepare_needle(config_file, args.model, args.overrides, context_lengths=args.context_lengths,
+                         depths=args.depths, tasks=[task], rounds=args.rounds, seed=args.seed, output=args.output)
   except (ConfigError, ValueError) as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  evaluate_needle(config_file, args.model, args.overrides, context_lengths=args.context_lengths, depths=args.depths,
-                  tasks=[task], rounds=args.rounds, seed=args.seed, output=args.output)
+  try:
+    run_needle(run)
+  except UsageError as e:
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 
