@@ -203,7 +203,7 @@ class Demo:
   # -- 4. needle evaluation -------------------------------------------------------------------
   def needles(self, hf_dir: Path) -> list[NeedleResult]:
     """Single needle and the plan's N facts / R asked, one model import and compile for both."""
-    from lwm_plugin import evaluate  # pylint: disable=import-outside-toplevel
+    from lwm_plugin.evaluation import needle_run  # pylint: disable=import-outside-toplevel
     from lwm_plugin.evaluation.needle import NeedleTask  # pylint: disable=import-outside-toplevel
 
     grid = self.plan.grid
@@ -213,7 +213,7 @@ class Demo:
     self.say(f"needle retrieval ({', '.join(t.name for t in tasks)}) on {hf_dir.name} (Hugging Face export): "
              f"context {list(grid.context_lengths)} x depth {list(grid.depths)}, {grid.rounds} round(s)")
     with self._quiet("needle"):
-      reports = evaluate.evaluate_needle(
+      reports = needle_run.evaluate_needle(
           resolve_config_file(stage.config), str(hf_dir), self._common(), context_lengths=grid.context_lengths,
           depths=grid.depths, tasks=tasks, rounds=grid.rounds, seed=NEEDLE_SEED, output=self.out,
           log=lambda line: self.term.write(f"  {line}\n"))
