@@ -6,6 +6,13 @@ strategy on CPU); the ring runs over the mesh axis `context_sharding` ("context"
 data/fsdp parallelism (batch axes) and tensor parallelism over heads (each device keeps its local
 query heads and the kv heads they share, so num_kv_heads must divide by the head-sharding size).
 
+Inputs: the layer's active logical rules name the batch and head mesh axes; the shard_map itself
+is `lwm_plugin.ring_attention.sharded_ring_attention`'s (its one owner), which reshards q/k/v,
+segment ids and positions to the ring's specs first, as MaxText's own kernels do, so
+`shard_mode: explicit` works whatever sharding the inputs arrive with. It also takes what
+`dot_product` takes: integer-valued float segment ids (MaxText's tests build them as float32).
+MaxText methods called here without being patched are `Used` rows of the seam table.
+
 Modes: train mode runs the ring. Prefill and autoregressive decode use MaxText's dot-product path
 (correct, logged once per mode); the ring kernel has no KV cache.
 
