@@ -17,9 +17,9 @@ k and v [B, S, K, D] with H % K == 0; segment ids and positions [B, S].
 Segment ids and positions are integers. Float arrays holding integer values are accepted and cast
 to int32, because MaxText's own pipelines and tests build them that way (`jnp.zeros(...) +
 DECODING_ACTIVE_SEQUENCE_INDICATOR` is float32) and its dot-product attention compares them as
-floats. A non-integer value is an error naming the array: raised here when the array is concrete,
-and, under `jit`, raised when the program runs (a host callback compiled in only for float
-inputs, so integer ids cost nothing).
+floats. A non-integer value is an error naming the array: raised here when the array is concrete
+and on this host, else (under `jit`, or spread over other hosts) raised when the program runs (a
+host callback compiled in only for float inputs, so integer ids cost nothing).
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def as_token_ints(name: str, x):
     raise ValueError(f"{name} must be integer (or integer-valued float), got dtype {dtype}")
   try:
     concrete = np.asarray(x)
-  except jax.errors.TracerArrayConversionError:  # under jit: checked when the program runs
-    jax.debug.callback(functools.partial(_first_non_integer, name), x)
+  except (jax.errors.TracerArrayConversionError, RuntimeError):  # traced, or spanning other hosts' devices:
+    jax.debug.callback(functools.partial(_first_non_integer, name), x)  # checked when the program runs
   else:
     _first_non_integer(name, concrete)
   return x.astype(jnp.int32)
