@@ -121,8 +121,9 @@ def test_whole_model_takes_maxtexts_float_segment_ids():
 def test_whole_model_in_explicit_shard_mode_with_the_batch_sharded():
   """`shard_mode: explicit`, context 2 x expert 2: segment ids and positions arrive sharded as MaxText's
   rules say, not as the ring's shard_map wants, and are resharded first. The reference is dot_product
-  on the same mesh in auto mode (MaxText's dot_product does not shard a context-parallel score matrix
-  in explicit mode), unscanned layers (MaxText's layer scan rejects its explicit-mode params eagerly)."""
+  on the same mesh in auto mode (in explicit mode MaxText's own dot_product fails here: "dot_general ...
+  produces an illegally sharded result"); layers unscanned (in explicit mode MaxText's layer scan, applied
+  eagerly, refuses its stacked params: "0th dimension of all xs should be replicated")."""
   mesh = ["ici_context_parallelism=2", "ici_expert_parallelism=2", "scan_layers=false"]
   out = run_python(_MODEL_VS_DOT.format(ring_args=[*mesh, "shard_mode=explicit"], dot_args=mesh), devices=4).stdout
   assert "OK" in out, out
