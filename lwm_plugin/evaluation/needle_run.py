@@ -92,7 +92,6 @@ def _fit_lengths(config_file: str, overrides: Sequence[str], context_lengths: Se
                  tasks) -> tuple[list[int], int]:
   """(context lengths, the max_target_length to run with). Raises UsageError if a prompt and its answer
   exceed the model's max_target_length; None lengths: a quarter, half and all of what fits."""
-
   budget = max(needle.answer_budget(task) for task in tasks)
   model_length = _model_length(config_file, overrides)
   fits = model_length - budget
@@ -130,7 +129,6 @@ def prepare_needle(config_file: str, model: str, overrides: Sequence[str], *, co
   """Every check lwm-eval makes before any work: the model path, the grid, the lengths against the model's
   max_target_length, the resolved config, the vocabulary and every prompt. Raises UsageError (or ConfigError
   / ValueError from the config and the prompt builder); writes nothing."""
-
   out = Path(output)
   if out.exists() and not out.is_dir():
     raise UsageError(f"--output {out}: exists and is not a directory")
@@ -147,7 +145,7 @@ def prepare_needle(config_file: str, model: str, overrides: Sequence[str], *, co
 
 
 def _import_hf(run: NeedleRun) -> None:
-  """`lwm-convert from-hf` of the Hugging Face model into OUTPUT/hf_import (removed again if it fails)."""
+  """`lwm-convert from-hf` of the Hugging Face model into OUTPUT/hf_import; UsageError if it fails."""
   target = run.output / "hf_import"
   if target.exists():
     shutil.rmtree(target)
@@ -161,7 +159,6 @@ def _import_hf(run: NeedleRun) -> None:
 def run_needle(run: NeedleRun, log=print) -> list[tuple[Path, Path, float]]:
   """Imports the weights if needed, compiles the model once and answers every grid; returns (results JSON,
   heatmap PNG, mean accuracy) per task."""
-
   created = not run.output.exists()
   run.output.mkdir(parents=True, exist_ok=True)
   if run.model.is_hf:
@@ -205,7 +202,6 @@ def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, c
 
 def _write_task(out: Path, task, trials, log) -> tuple[Path, Path, float]:
   """Results JSON, heatmap and the printed table of one task's answered trials."""
-
   slug = "single" if task.n_needles == 1 else f"multi_n{task.n_needles}_r{task.n_asked}"
   results = needle.write_results(out / f"needle_{slug}.json", task, trials)
   mean = float(np.mean([t.score for t in trials]))
