@@ -3,58 +3,133 @@
     from lwm_plugin.ring_attention import ring_attention, sharded_ring_attention, reference_attention
 
 * `ring_attention(q, k, v, *, axis_name, ...)` inside your own `shard_map`, on local sequence shards.
-* `sharded_ring_attention(q, k, v, *, mesh, axis_name, ...)` on global arrays: it does the
-  `shard_map` (sequence sharded over `axis_name`, other mesh axes replicated).
+* `sharded_ring_attention(q, k, v, *, mesh, axis_name, ...)` on global arrays: it reshards the
+  inputs and does the `shard_map` (sequence sharded over `axis_name`, batch and heads over the mesh
+  axes you name, other mesh axes replicated). It is the one owner of that wrapper: MaxText's
+  `attention: ring` (`lwm_plugin.integration.attention`) calls it too.
 * `reference_attention(q, k, v, ...)`: dense float32, same semantics, for tests and debugging.
 * `layouts`: reorder a global batch into a load-balanced layout (dual-chunk swap, striped) and back.
 
 Semantics: query token i sees key token j iff `segment_ids[i] == segment_ids[j] != 0` and (not
 causal or `positions[j] <= positions[i]`). Rows that see nothing are 0. Shapes: q [B, S, H, D],
-k and v [B, S, K, D] with H % K == 0; segment ids and positions [B, S] int.
+k and v [B, S, K, D] with H % K == 0; segment ids and positions [B, S].
+
+Segment ids and positions are integers. Float arrays holding integer values are accepted and cast
+to int32, because MaxText's own pipelines and tests build them that way (`jnp.zeros(...) +
+DECODING_ACTIVE_SEQUENCE_INDICATOR` is float32) and its dot-product attention compares them as
+floats. A non-integer value is an error naming the array: raised here when the array is concrete
+and on this host, else (under `jit`, or spread over other hosts) raised when the program runs (a
+host callback compiled in only for float inputs, so integer ids cost nothing).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Hashable
+from typing import Hashable, Sequence
 
 import jax
-from jax.sharding import Mesh, PartitionSpec as P
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from lwm_plugin.kernels.ring import layouts
+from lwm_plugin.kernels.ring import IMPLS, layouts
 from lwm_plugin.kernels.ring.common import BlockSizes
 from lwm_plugin.kernels.ring.reference import reference_attention
-from lwm_plugin.kernels.ring.ring import IMPLS, ring_attention
+from lwm_plugin.kernels.ring.ring import ring_attention
+
+MeshAxes = Hashable | Sequence[Hashable] | None
+
+
+def _names(axes: MeshAxes) -> tuple[Hashable, ...]:
+  if axes is None:
+    return ()
+  return tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+
+
+def _first_non_integer(name: str, values) -> None:
+  """Raises ValueError naming `name` and its first non-integer value, if it has one (host side)."""
+  values = np.asarray(values)
+  bad = values[~(np.isfinite(values) & (values == np.round(values)))]
+  if bad.size:
+    raise ValueError(f"{name} must hold integer values (segment ids and positions are token indices), found "
+                     f"{bad.flat[0].item()!r} in a {values.dtype} array")
+
+
+def as_token_ints(name: str, x):
+  """`x` (segment ids or positions) as int32; integer-valued floats are cast, anything else is an error."""
+  if x is None:
+    return None
+  dtype = jnp.dtype(x.dtype)
+  if jnp.issubdtype(dtype, jnp.integer):
+    return x.astype(jnp.int32)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{name} must be integer (or integer-valued float), got dtype {dtype}")
+  try:
+    concrete = np.asarray(x)
+  except (jax.errors.TracerArrayConversionError, RuntimeError):  # traced, or spanning other hosts' devices:
+    jax.debug.callback(functools.partial(_first_non_integer, name), x)  # checked when the program runs
+  else:
+    _first_non_integer(name, concrete)
+  return x.astype(jnp.int32)
+
+
+def _reshard(x, mesh: Mesh, spec: P):
+  """`x` laid out as `spec` on `mesh`: `jax.sharding.reshard` on an explicit-axes mesh (where shard_map
+  requires the input's type to match its in_specs), a sharding constraint otherwise."""
+  sharding = NamedSharding(mesh, spec)
+  if any(t == AxisType.Explicit for t in mesh.axis_types):
+    return jax.sharding.reshard(x, sharding)
+  return jax.lax.with_sharding_constraint(x, sharding)
+
+
+def _check_divisible(mesh: Mesh, what: str, size: int, axes: tuple[Hashable, ...], shape) -> None:
+  ways = int(np.prod([mesh.shape[a] for a in axes], dtype=int))
+  if size % ways:
+    raise ValueError(f"{what} ({size}) must be a multiple of {ways}, the size of mesh axes {axes}: {shape=}")
 
 
 def sharded_ring_attention(q_BxSxHxD, k_BxSxKxD, v_BxSxKxD, *, mesh: Mesh, axis_name: Hashable, segment_ids=None,
                            positions=None, causal: bool = True, scale: float | None = None,
-                           block_sizes: BlockSizes | None = None, impl: str = "auto", scan_unroll: int = 1):
+                           block_sizes: BlockSizes | None = None, impl: str = "auto", scan_unroll: int = 1,
+                           batch_axes: MeshAxes = None, head_axes: MeshAxes = None):
   """`ring_attention` on global arrays whose sequence axis is split over `axis_name` of `mesh`.
 
+  `batch_axes` / `head_axes`: mesh axes the batch and the heads are split over (None: replicated);
+  query and kv heads split alike, so K must be a multiple of their size. Every input is resharded
+  to these specs first, so arrays may arrive with any sharding (also on explicit-axes meshes).
   `positions=None` means the order of the global arrays (0..S-1); pass positions if you reordered
-  the tokens (see `layouts`). S must be a multiple of the axis size.
+  the tokens (see `layouts`). S must be a multiple of the axis size. Returns [B, S, H, D] laid out
+  as q's spec.
   """
   if axis_name not in mesh.shape:
     raise ValueError(f"{axis_name=} is not an axis of the mesh {dict(mesh.shape)}")
-  n = mesh.shape[axis_name]
-  if q_BxSxHxD.ndim != 4 or q_BxSxHxD.shape[1] % n:
-    raise ValueError(f"sequence length must be a multiple of the {axis_name!r} axis size {n}: {q_BxSxHxD.shape=}")
-  seq, tok = P(None, axis_name, None, None), P(None, axis_name)
+  batch, heads = _names(batch_axes), _names(head_axes)
+  unknown = [a for a in (*batch, *heads) if a not in mesh.shape]
+  if unknown or axis_name in (*batch, *heads):
+    raise ValueError(f"batch_axes {batch} and head_axes {heads} must be mesh axes {tuple(mesh.shape)} other than "
+                     f"the ring axis {axis_name!r}")
+  if q_BxSxHxD.ndim != 4 or k_BxSxKxD.ndim != 4:
+    raise ValueError(f"expected q [B, S, H, D] and k, v [B, S, K, D]: {q_BxSxHxD.shape=}, {k_BxSxKxD.shape=}")
+  _check_divisible(mesh, "sequence length", q_BxSxHxD.shape[1], (axis_name,), q_BxSxHxD.shape)
+  _check_divisible(mesh, "batch", q_BxSxHxD.shape[0], batch, q_BxSxHxD.shape)
+  _check_divisible(mesh, "kv heads", k_BxSxKxD.shape[2], heads, k_BxSxKxD.shape)
+  qkv_spec = P(batch or None, axis_name, heads or None, None)
+  token_spec = P(batch or None, axis_name)
   kernel = functools.partial(ring_attention, axis_name=axis_name, causal=causal, scale=scale,
                              block_sizes=block_sizes, impl=impl, scan_unroll=scan_unroll)
-  args, specs = [q_BxSxHxD, k_BxSxKxD, v_BxSxKxD], [seq, seq, seq]
-  names = []
+  args = [_reshard(x, mesh, qkv_spec) for x in (q_BxSxHxD, k_BxSxKxD, v_BxSxKxD)]
+  specs, names = [qkv_spec] * 3, []
   for name, value in (("segment_ids", segment_ids), ("positions", positions)):
     if value is not None:
-      args.append(value)
-      specs.append(tok)
+      args.append(_reshard(as_token_ints(name, value), mesh, token_spec))
+      specs.append(token_spec)
       names.append(name)
 
   def local(q, k, v, *token_arrays):
     return kernel(q, k, v, **dict(zip(names, token_arrays)))
 
-  return jax.shard_map(local, mesh=mesh, in_specs=tuple(specs), out_specs=seq, check_vma=False)(*args)
+  return jax.shard_map(local, mesh=mesh, in_specs=tuple(specs), out_specs=qkv_spec, check_vma=False)(*args)
 
 
-__all__ = ["BlockSizes", "IMPLS", "layouts", "reference_attention", "ring_attention", "sharded_ring_attention"]
+__all__ = ["BlockSizes", "IMPLS", "as_token_ints", "layouts", "reference_attention", "ring_attention",
+           "sharded_ring_attention"]

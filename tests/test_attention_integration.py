@@ -1,6 +1,7 @@
 """`attention: ring` inside MaxText (`lwm_plugin/integration/attention.py`): training equivalence with
-MaxText's dot-product attention, the load-balance reorder of per-token keys, the prefill/decode
-fallback and the config errors."""
+MaxText's dot-product attention, the whole model on MaxText's own test inputs (float segment ids,
+explicit shard mode), the load-balance reorder of per-token keys, the prefill/decode fallback and
+the config errors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import read_metrics, run_lwm_train
+from conftest import read_metrics, run_lwm_train, run_python
 from lwm_plugin import integration
 from lwm_plugin.integration import attention, cp_reorder
 
@@ -53,6 +54,79 @@ def test_ring_composes_with_data_fsdp_and_tensor_parallelism(tmp_path):
   ring = _losses(tmp_path, "ring", mesh, devices=16)
   dot = _losses(tmp_path, "dot", [*mesh, "attention=dot_product"], devices=16)
   np.testing.assert_allclose(ring, dot, rtol=1e-5)
+
+
+# The whole MaxText model, built and fed as MaxText's tests/unit/model_test.py does (linen
+# `transformer_as_linen`, float32 segment ids `zeros + DECODING_ACTIVE_SEQUENCE_INDICATOR`, int
+# positions), once with `attention: dot_product` and once with `attention: ring` on the same params.
+_MODEL_VS_DOT = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from flax.linen import partitioning as nn_partitioning
+from maxtext.common.common_types import DECODING_ACTIVE_SEQUENCE_INDICATOR, MODEL_MODE_TRAIN
+from maxtext.configs import pyconfig
+from maxtext.models import models
+from maxtext.utils import maxtext_utils
+from lwm_plugin import integration
+from maxtext_configs import config_path
+
+ring_args, dot_args = {ring_args!r}, {dot_args!r}
+rng = jax.random.PRNGKey(0)
+
+def logits(attention, args, params, segment_ids=None):
+  argv = ["test", str(config_path("tiny_cpu_ring.yml")), "run_name=test", "packing=false", "max_target_length=32",
+          "per_device_batch_size=1", f"attention={{attention}}", *args]
+  cfg = pyconfig.HyperParameters(integration.resolve_config(argv))
+  mesh = maxtext_utils.get_mesh_from_config(cfg)
+  model = models.transformer_as_linen(config=cfg, mesh=mesh, quant=None, model_mode=MODEL_MODE_TRAIN)
+  shape = (cfg.global_batch_size_to_train_on, cfg.max_target_length)
+  ids = jax.random.randint(rng, shape, 0, cfg.vocab_size)
+  if segment_ids is None:
+    segment_ids = jnp.zeros(shape) + DECODING_ACTIVE_SEQUENCE_INDICATOR
+  positions = jnp.stack([jnp.arange(cfg.max_target_length, dtype=jnp.int32) for _ in range(shape[0])])
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(cfg.logical_axis_rules):
+    if params is None:
+      params = model.init({{"params": rng, "aqt": rng, "dropout": rng}}, ids, positions, segment_ids,
+                          enable_dropout=False)
+    out = model.apply(params, ids, positions, segment_ids, enable_dropout=False, model_mode=MODEL_MODE_TRAIN,
+                      rngs={{"aqt": rng}})
+  return np.asarray(out, np.float32), jax.tree.map(np.asarray, params), segment_ids
+
+with integration.installed():
+  dot, params, segment_ids = logits("dot_product", dot_args, None)
+  assert segment_ids.dtype == jnp.float32
+  ring, _, _ = logits("ring", ring_args, params)
+  error = float(np.abs(ring - dot).max() / np.abs(dot).max())
+  print("relative error", error)
+  assert error < 1e-5, error
+  try:
+    logits("ring", ring_args, params, segment_ids=segment_ids + 0.5)
+  except Exception as e:  # raised eagerly or, under the layer scan, by the program
+    assert "segment_ids must hold integer values" in str(e) and "1.5" in str(e), e
+  else:
+    raise AssertionError("a non-integer segment id was accepted")
+print("OK")
+"""
+
+
+@pytest.mark.slow
+def test_whole_model_takes_maxtexts_float_segment_ids():
+  """MaxText's model_test.py inputs: float32 segment ids, context parallelism 4, scanned layers (the ids
+  are traced inside the layer scan, so a non-integer id is caught when the program runs)."""
+  out = run_python(_MODEL_VS_DOT.format(ring_args=[], dot_args=[]), devices=4).stdout
+  assert "OK" in out, out
+
+
+@pytest.mark.slow
+def test_whole_model_in_explicit_shard_mode_with_the_batch_sharded():
+  """`shard_mode: explicit`, context 2 x expert 2: segment ids and positions arrive sharded as MaxText's
+  rules say, not as the ring's shard_map wants, and are resharded first. The reference is dot_product
+  on the same mesh in auto mode (in explicit mode MaxText's own dot_product fails here: "dot_general ...
+  produces an illegally sharded result"); layers unscanned (in explicit mode MaxText's layer scan, applied
+  eagerly, refuses its stacked params: "0th dimension of all xs should be replicated")."""
+  mesh = ["ici_context_parallelism=2", "ici_expert_parallelism=2", "scan_layers=false"]
+  out = run_python(_MODEL_VS_DOT.format(ring_args=[*mesh, "shard_mode=explicit"], dot_args=mesh), devices=4).stdout
+  assert "OK" in out, out
 
 
 def _batch(seq=32):

@@ -1,12 +1,13 @@
 """The seam: tripwires, idempotent install, exact uninstall, the scoped form, no patching on import."""
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
 from lwm_plugin import integration
-from lwm_plugin.integration.core import Patch, Seam, SeamError
+from lwm_plugin.integration.core import Patch, Seam, SeamError, Used
 
 
 def _current(patch: Patch):
@@ -16,8 +17,8 @@ def _current(patch: Patch):
 
 def test_every_target_exists_with_expected_signature():
   integration.check()  # raises SeamError if MaxText moved
-  for patch in integration.PATCH_TABLE:
-    assert patch.reason and patch.remove_when, patch.target
+  for row in (*integration.PATCH_TABLE, *integration.USED_TABLE):
+    assert row.reason and row.remove_when, row.target
 
 
 def test_install_twice_equals_once_and_uninstall_restores():
@@ -55,6 +56,22 @@ def test_tripwire_rejects_a_moved_signature_and_patches_nothing():
   assert _current(good) is before  # the good patch was not applied either
   with pytest.raises(SeamError, match="not found"):
     Seam([Patch("maxtext.configs.pyconfig:no_such_function", (), lambda o: o, "t", "t")]).install()
+
+
+def test_a_used_internal_that_moved_stops_install_and_is_never_patched():
+  good = integration.PATCH_TABLE[0]
+  used = Used(target="maxtext.layers.attention_op:AttentionOp.apply_attention_dot", params=("self", "query"),
+              reason="test", remove_when="test")
+  before = _current(good)
+  with pytest.raises(SeamError, match="AttentionOp.apply_attention_dot' changed signature"):
+    Seam([good], used=[used]).install()
+  assert _current(good) is before
+  right = dataclasses.replace(integration.USED_TABLE[0])
+  original = _current(right)
+  seam = Seam([good], used=[right])
+  with seam.installed():
+    assert _current(right) is original  # checked, not replaced
+    assert any(right.target in line for line in seam.report())
 
 
 def test_config_class_patch_adds_lwm_keys():

@@ -23,7 +23,7 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
         "MaxText fixes JAX's platform on import: the CLI sets JAX_PLATFORMS=cpu first",
     ("lwm_plugin/train.py", "lwm_plugin.training"):
         "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
-    ("lwm_plugin/evaluation/cli.py", "lwm_plugin.evaluation.runner"):
+    ("lwm_plugin/evaluation/cli.py", "lwm_plugin.evaluation.needle_run"):
         "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
 }
 

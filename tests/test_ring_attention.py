@@ -3,12 +3,15 @@ shared multi-device base, plus in-process checks of the reference, layouts, API 
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lwm_plugin.kernels.ring import hlo, ring
+from conftest import REPO, run_python
+from lwm_plugin.kernels.ring import hlo, hop_pallas
 from lwm_plugin.ring_attention import BlockSizes, layouts, reference_attention, ring_attention
 from ring_attention_base import RingAttentionTestBase, packed_batch
 
@@ -103,10 +106,8 @@ def test_impl_dispatch():
   q, k, v = _qkv()
   with pytest.raises(ValueError, match="expected one of"):
     ring_attention(q, k, v, axis_name="sp", impl="cuda")
-  assert set(ring.HOP_IMPLS) == {"xla", "pallas", "pallas_tpu", "pallas_gpu"}
-  assert ring.resolve_impl("auto").name == "auto"  # platform-dependent; see test_ring_attention_pallas.py
-  with pytest.raises(ValueError, match="already registered"):
-    ring.register_hop_impl(ring.HOP_IMPLS["xla"])
+  assert set(hop_pallas.HOP_IMPLS) == {"xla", "pallas", "pallas_tpu", "pallas_gpu"}
+  assert hop_pallas.resolve_impl("auto").name == "auto"  # platform-dependent; see test_ring_attention_pallas.py
 
 
 def test_single_device_ring_is_exact_without_a_mesh_axis_of_its_own():
@@ -117,6 +118,65 @@ def test_single_device_ring_is_exact_without_a_mesh_axis_of_its_own():
 
   got = sharded_ring_attention(q, k, v, mesh=mesh, axis_name="sp", block_sizes=BlockSizes(4, 8))
   np.testing.assert_allclose(got, reference_attention(q, k, v), atol=1e-6)
+
+
+def test_float_token_arrays_are_cast_when_integer_valued_and_refused_otherwise():
+  from lwm_plugin.ring_attention import as_token_ints  # pylint: disable=import-outside-toplevel
+
+  ids = as_token_ints("segment_ids", jnp.zeros((2, 4)) + 1.0)
+  assert ids.dtype == jnp.int32 and ids.tolist() == [[1] * 4] * 2
+  assert as_token_ints("positions", jnp.arange(4, dtype=jnp.int16)).dtype == jnp.int32
+  with pytest.raises(ValueError, match=r"positions must hold integer values .* found 2.5"):
+    as_token_ints("positions", jnp.array([1.0, 2.5]))
+  with pytest.raises(ValueError, match="segment_ids must be integer .* got dtype bool"):
+    as_token_ints("segment_ids", jnp.ones(3, bool))
+  jitted = jax.jit(lambda x: as_token_ints("segment_ids", x) + 1)
+  assert jitted(jnp.array([1.0, 2.0])).tolist() == [2, 3]
+  with pytest.raises(Exception, match=r"segment_ids must hold integer values .* found nan"):
+    jitted(jnp.array([1.0, jnp.nan])).block_until_ready()
+
+
+_EXPLICIT_MESH = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from lwm_plugin.ring_attention import reference_attention, sharded_ring_attention
+from ring_attention_base import packed_batch
+
+mesh = jax.make_mesh((2, 2), ("data", "sp"), axis_types=(AxisType.Explicit,) * 2)
+seg, pos = packed_batch()
+keys = jax.random.split(jax.random.PRNGKey(0), 3)
+q = jax.random.normal(keys[0], (2, 96, 4, 8))
+k, v = (jax.random.normal(key, (2, 96, 2, 8)) for key in keys[1:])
+expected = reference_attention(q, k, v, segment_ids=seg, positions=pos)
+put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
+# Inputs laid out unlike the ring's specs (sequence over "data", batch over "sp", float ids).
+q, k, v = (put(x, P("sp", "data")) for x in (q, k, v))
+seg, pos = put(seg.astype(np.float32), P(None, "data")), put(pos, P("sp", None))
+with jax.set_mesh(mesh):
+  for batch_axes in (None, "data"):
+    got = jax.jit(lambda q, k, v, seg, pos: sharded_ring_attention(
+        q, k, v, mesh=mesh, axis_name="sp", segment_ids=seg, positions=pos, batch_axes=batch_axes))(q, k, v, seg, pos)
+    assert got.sharding.spec == P(batch_axes, "sp", None, None), got.sharding
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+print("OK")
+"""
+
+
+def test_sharded_ring_reshards_any_input_layout_on_an_explicit_mesh():
+  """Sequence sharded over "data", batch over "sp", float segment ids: all resharded to the ring's specs."""
+  path = os.pathsep.join([str(REPO), str(REPO / "tests")])
+  assert "OK" in run_python(_EXPLICIT_MESH, devices=4, PYTHONPATH=path).stdout
+
+
+def test_sharded_ring_argument_errors_name_the_axes():
+  from lwm_plugin.ring_attention import sharded_ring_attention  # pylint: disable=import-outside-toplevel
+
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("sp", "data"))
+  q, k, v = _qkv()
+  with pytest.raises(ValueError, match=r"batch_axes \('model',\) .* must be mesh axes"):
+    sharded_ring_attention(q, k, v, mesh=mesh, axis_name="sp", batch_axes="model")
+  with pytest.raises(ValueError, match="other than the ring axis 'sp'"):
+    sharded_ring_attention(q, k, v, mesh=mesh, axis_name="sp", head_axes=("sp",))
 
 
 def test_hlo_helpers_find_loop_bodies():

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lwm_plugin.kernels.ring import hop_pallas, hop_pallas_gpu, hop_pallas_tpu, reference, ring, tiles
+from lwm_plugin.kernels.ring import hop_pallas, hop_pallas_gpu, hop_pallas_tpu, reference, tiles
 from lwm_plugin.kernels.ring.common import BlockSizes
 from ring_attention_base import RingAttentionTestBase
 
@@ -203,23 +203,24 @@ def test_pallas_interprets_on_cpu():
 
 def test_kernels_for_names_what_the_compile_target_gets():
   # An ahead-of-time compile for a TPU topology from this CPU host gets the Mosaic kernels.
-  assert [ring.kernels_for("auto", p) for p in ("tpu", "cuda", "gpu", "cpu")] == ["mosaic", "triton", "triton", "xla"]
-  assert [ring.kernels_for("pallas", p) for p in ("tpu", "rocm", "cpu")] == ["mosaic", "triton", "mosaic (interpreted)"]
-  assert ring.kernels_for("xla", "tpu") == "xla" and ring.kernels_for("pallas_gpu", "cpu") == "triton (interpreted)"
+  kernels_for = hop_pallas.kernels_for
+  assert [kernels_for("auto", p) for p in ("tpu", "cuda", "gpu", "cpu")] == ["mosaic", "triton", "triton", "xla"]
+  assert [kernels_for("pallas", p) for p in ("tpu", "rocm", "cpu")] == ["mosaic", "triton", "mosaic (interpreted)"]
+  assert kernels_for("xla", "tpu") == "xla" and kernels_for("pallas_gpu", "cpu") == "triton (interpreted)"
   with pytest.raises(ValueError, match=r"'pallas_tpu' has no kernels for platform 'gpu'"):
-    ring.kernels_for("pallas_tpu", "gpu")
+    kernels_for("pallas_tpu", "gpu")
   with pytest.raises(ValueError, match="expected one of"):
-    ring.kernels_for("mosaic", "tpu")
+    kernels_for("mosaic", "tpu")
 
 
 def test_kernel_families_refuse_the_other_accelerator(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
   with pytest.raises(NotImplementedError, match=r"pallas_gpu has kernels for \['cpu', 'cuda', 'rocm'\], not .*'tpu'"):
-    ring.resolve_impl("pallas_gpu")
-  assert ring.resolve_impl("pallas_tpu").name == "pallas_tpu"
+    hop_pallas.resolve_impl("pallas_gpu")
+  assert hop_pallas.resolve_impl("pallas_tpu").name == "pallas_tpu"
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   with pytest.raises(NotImplementedError, match="pallas_tpu has kernels for"):
-    ring.resolve_impl("pallas_tpu")
+    hop_pallas.resolve_impl("pallas_tpu")
   with pytest.raises(ValueError, match=r"BlockSizes.block_q=100: Triton tiles must be powers of two"):
     q, k, v, _, *meta = _hop_inputs(d=16)
     hop_pallas_gpu.hop_fwd(q, k, v, *meta, scale=1.0, causal=True, block_sizes=BlockSizes(100))

@@ -36,7 +36,7 @@ from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
 from lwm_plugin.demo import progress, report
 from lwm_plugin.demo.jax_env import DEVICES, configure
 from lwm_plugin.demo.plan import Plan, Stage, plan_from_env
-from lwm_plugin.evaluation import runner
+from lwm_plugin.evaluation import needle_run
 from lwm_plugin.evaluation.needle import NeedleTask
 
 OUTPUT_ENV = "LWM_DEMO_OUTPUT"
@@ -215,7 +215,7 @@ class Demo:
     self.say(f"needle retrieval ({', '.join(t.name for t in tasks)}) on {hf_dir.name} (Hugging Face export): "
              f"context {list(grid.context_lengths)} x depth {list(grid.depths)}, {grid.rounds} round(s)")
     with self._quiet("needle"):
-      reports = runner.evaluate_needle(
+      reports = needle_run.evaluate_needle(
           resolve_config_file(stage.config), str(hf_dir), self._common(), context_lengths=grid.context_lengths,
           depths=grid.depths, tasks=tasks, rounds=grid.rounds, seed=NEEDLE_SEED, output=self.out,
           log=lambda line: self.term.write(f"  {line}\n"))

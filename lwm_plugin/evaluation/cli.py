@@ -1,6 +1,6 @@
 """`lwm-eval needle`: the paper's needle-in-a-haystack retrieval on our checkpoints or HF exports.
 
-  lwm-eval needle --config CONFIG.yml --model CHECKPOINT_OR_HF_DIR [--context-lengths 1024,2048,4096]
+  lwm-eval needle --config CONFIG.yml --model CHECKPOINT_OR_HF_DIR [--context-lengths 1000,2000,4000]
                   [--depths 0,0.25,0.5,0.75,1] [--needles N] [--asked R] [--rounds K] [--seed S]
                   [--output DIR] [key=value ...]
 
@@ -11,11 +11,17 @@ CONFIG.yml describes the model (dims, vocabulary keys `lwm_*`, attention, mesh),
 The prompt is processed with the config's attention (ring attention over the context axis with
 `attention: ring`), answers are decoded greedily over the text ids. Writes `DIR/needle_<task>.json`
 (every trial) and `DIR/needle_<task>.png` (the heatmap); prints the accuracy table.
+
+Before any work it checks the model path, the grid, every context length plus the answer budget
+against the model's `max_target_length`, the resolved config, the vocabulary and every prompt
+(`lwm_plugin.evaluation.needle_run`, which does the work; this module is its command line). A usage
+error prints `lwm-eval: error: ...`, exits 2 and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -27,23 +33,33 @@ from lwm_plugin.evaluation import needle
 PROG = "lwm-eval"
 
 
-def _floats(text: str) -> list[float]:
-  return [float(x) for x in text.split(",") if x.strip()]
+class _Parser(argparse.ArgumentParser):
+  """argparse whose errors read `lwm-eval: error: ...` (rc 2) for the subcommands too."""
+
+  def error(self, message: str):
+    self.print_usage(sys.stderr)
+    self.exit(2, f"{PROG}: error: {message}\n")
 
 
-def _ints(text: str) -> list[int]:
-  return [int(x) for x in text.split(",") if x.strip()]
+def _numbers(kind: type, text: str) -> list:
+  try:
+    return [kind(x) for x in text.split(",") if x.strip()]
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from e
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n", 1)[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _Parser(prog=PROG, description=__doc__.split("\n", 1)[0],
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("needle", help="needle-in-a-haystack retrieval over context length x depth")
   p.add_argument("--config", required=True, help="model config (.yml), as for lwm-train")
   p.add_argument("--model", required=True, help="MaxText .../<step>/items directory or Hugging Face directory")
-  p.add_argument("--context-lengths", type=_ints, default=[1024, 2048, 4096])
-  p.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="fractions of the haystack")
+  p.add_argument("--context-lengths", type=functools.partial(_numbers, int), default=None,
+                 help="prompt lengths in tokens; each plus the answer must fit the model's max_target_length "
+                      "(default: a quarter, half and all of what fits)")
+  p.add_argument("--depths", type=functools.partial(_numbers, float), default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                 help="fractions of the haystack")
   p.add_argument("--needles", type=int, default=1, help="N facts in the context")
   p.add_argument("--asked", type=int, default=1, help="R facts asked (<= N)")
   p.add_argument("--rounds", type=int, default=1, help="random needles per grid cell")
@@ -54,22 +70,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+  """`lwm-eval`; returns the exit code (2 for every usage error, with nothing written)."""
+  try:
+    args = _parser().parse_args(argv)
+  except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
+    return int(e.code or 0)
   try:
     config_file = resolve_config_file(args.config)
     if peek(config_file, args.overrides, "hardware") == "cpu":
       # Before JAX is imported: keep an installed libtpu from probing for a TPU on a CPU run.
       os.environ.setdefault("JAX_PLATFORMS", "cpu")
     task = needle.NeedleTask(args.needles, args.asked)
-    from lwm_plugin.evaluation import runner  # pylint: disable=import-outside-toplevel  (MaxText after JAX_PLATFORMS)
+    from lwm_plugin.evaluation import needle_run  # pylint: disable=import-outside-toplevel  (MaxText after JAX_PLATFORMS)
 
-    runner.check_keys(config_file, args.overrides)
+    run = needle_run.prepare_needle(config_file, args.model, args.overrides, context_lengths=args.context_lengths,
+                                    depths=args.depths, tasks=[task], rounds=args.rounds, seed=args.seed,
+                                    output=args.output)
   except (ConfigError, ValueError) as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  runner.evaluate_needle(config_file, args.model, args.overrides, context_lengths=args.context_lengths,
-                         depths=args.depths, tasks=[task], rounds=args.rounds, seed=args.seed, output=args.output)
+  try:
+    needle_run.run_needle(run, log=lambda line: print(f"{PROG}: {line}"))
+  except needle_run.UsageError as e:
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 

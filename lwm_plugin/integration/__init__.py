@@ -1,4 +1,4 @@
-"""The one seam into MaxText 0.2.5: every attribute the plugin replaces, and why.
+"""The one seam into MaxText 0.2.5: every attribute the plugin replaces or calls unpatched, and why.
 
 Only this subpackage, `lwm_plugin.config.lwm_config` (the config class) and the apps import
 MaxText (a test enforces the allow-list). Use:
@@ -20,7 +20,7 @@ from maxtext.configs import pyconfig
 
 from lwm_plugin.config.lwm_config import LWMConfig
 from lwm_plugin.integration import aot, attention, config_class, cp_reorder, data, loss_fn, metrics, steps
-from lwm_plugin.integration.core import Patch, Seam, SeamError
+from lwm_plugin.integration.core import Patch, Seam, SeamError, Used
 from lwm_plugin.integration.data import LoaderFailed, close_iterators
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +127,60 @@ PATCH_TABLE: tuple[Patch, ...] = (
     ),
 )
 
+# ---------------------------------------------------------------------------------------------
+# MaxText internals the plugin calls without replacing them: the same signature tripwire, checked
+# by install() and check() before anything is patched.
+# ---------------------------------------------------------------------------------------------
+USED_TABLE: tuple[Used, ...] = (
+    Used(
+        target="maxtext.layers.attention_op:AttentionOp._logical_to_mesh_axes",
+        params=("self", "logical_name"),
+        reason="attention: ring shards batch, sequence and heads as the layer's active logical rules say "
+               "(integration/attention.py `_ring_axes`)",
+        remove_when="AttentionOp exposes the resolved PartitionSpecs of its inputs",
+    ),
+    Used(
+        target="maxtext.layers.attention_op:AttentionOp._load_balanced_context_parallel",
+        params=("self",),
+        reason="attention: ring refuses a load-balanced (reordered) batch without positions, whose causality it "
+               "could not know; MaxText's rule for when the batch is reordered lives only here",
+        remove_when="MaxText exposes whether the batch was reordered for this mesh",
+    ),
+    Used(
+        target="maxtext.layers.attention_op:AttentionOp.check_attention_inputs",
+        params=("self", "query", "key", "value"),
+        reason="attention: ring runs MaxText's own shape checks on q/k/v before its own",
+        remove_when="an attention-kernel registry that validates inputs before dispatch",
+    ),
+    Used(
+        target="maxtext.layers.attention_op:AttentionOp.apply_attention_dot",
+        params=("self", "query", "key", "value", "decoder_segment_ids", "model_mode", "previous_chunk",
+                "segment_positions", "bidirectional_mask", "sinks", "indexer_mask", "compressed_mask",
+                "record_max_logits", "decoder_segment_ids_kv", "qk_product_einsum", "wv_product_einsum"),
+        reason="attention: ring has no KV cache; prefill and decode call MaxText's dot-product path with every "
+               "keyword apply_attention received",
+        remove_when="MaxText has an attention-kernel registry (a kernel could then name its decode fallback)",
+    ),
+    # The converters (conversion/, through lwm_plugin.checkpoints) reuse two MaxText pieces so that
+    # our checkpoints are exactly what MaxText loads.
+    Used(
+        target="maxtext.checkpoint_conversion.utils.param_mapping:LLAMA31_MAXTEXT_TO_HF_PARAM_MAPPING",
+        params=("config", "maxtext_config", "scan_layers"),
+        reason="conversion/names.py takes MaxText's own Llama name table (MaxText param path -> HF names) "
+               "instead of a copy that could drift",
+        remove_when="MaxText publishes its checkpoint name mapping as a public API",
+    ),
+    Used(
+        target="maxtext.common.checkpoint_context:build_context",
+        params=("use_ocdbt", "use_zarr3", "ocdbt_target_data_file_size_bytes", "checkpoint_storage_concurrent_gb",
+                "enable_continuous_checkpointing", "todelete_full_path", "todelete_subdir",
+                "enable_single_replica_ckpt_restoring", "replica_axis_index", "colocated_python_checkpointing",
+                "partial_load", "checkpoint_layout"),
+        reason="conversion/orbax_params.py writes with MaxText's own Orbax storage options (OCDBT, zarr3, file size)",
+        remove_when="MaxText exposes a function that writes a params-only checkpoint",
+    ),
+)
+
 # Used only while resolving a config without training (`lwm-train --print-config`).
 RESOLVE_ONLY_TABLE: tuple[Patch, ...] = (
     Patch(
@@ -150,13 +204,14 @@ CHECK_ONLY_TABLE: tuple[Patch, ...] = (
     ),
 )
 
-_SEAM = Seam(PATCH_TABLE)
+_SEAM = Seam(PATCH_TABLE, used=USED_TABLE)
 _RESOLVE_SEAM = Seam(RESOLVE_ONLY_TABLE)
 _CHECK_SEAM = Seam(CHECK_ONLY_TABLE)
 
 
 def install() -> list[str]:
-  """Applies the patch table (idempotent). Returns the report lines it logged."""
+  """Checks every row (patched and used), then applies the patch table (idempotent). Returns the report lines it
+  logged."""
   return _SEAM.install()
 
 
@@ -223,5 +278,6 @@ def check_train_step(argv: Sequence[str], config_file: str) -> Any:
     return aot.compile_train_step(argv, config, config_file, _CHECK_SEAM)
 
 
-__all__ = ["CHECK_ONLY_TABLE", "PATCH_TABLE", "LoaderFailed", "Patch", "SeamError", "check", "check_train_step",
-           "install", "installed", "is_installed", "report", "resolve_config", "run_training", "uninstall"]
+__all__ = ["CHECK_ONLY_TABLE", "PATCH_TABLE", "USED_TABLE", "LoaderFailed", "Patch", "SeamError", "Used", "check",
+           "check_train_step", "install", "installed", "is_installed", "report", "resolve_config", "run_training",
+           "uninstall"]

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import jax
 from maxtext.utils import accelerator_to_spec_map, maxtext_utils
 
-from lwm_plugin.kernels.ring import ring
+from lwm_plugin.kernels.ring import kernels_for
 from lwm_plugin.integration.aot_report import CompileReport, parse_oom
 
 logger = logging.getLogger("lwm_plugin.integration")
@@ -73,7 +73,7 @@ def _ring_hop(config: Any) -> str | None:
   """The ring hop kernels `lwm_ring_impl` compiles to on the compile target ("auto" on TPU: "mosaic")."""
   if config.attention != "ring":
     return None
-  return ring.kernels_for(config.lwm_ring_impl, _target_platform(config))
+  return kernels_for(config.lwm_ring_impl, _target_platform(config))
 
 
 def _ring_kernels(hlo: str) -> int:

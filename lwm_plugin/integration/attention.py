@@ -6,6 +6,13 @@ strategy on CPU); the ring runs over the mesh axis `context_sharding` ("context"
 data/fsdp parallelism (batch axes) and tensor parallelism over heads (each device keeps its local
 query heads and the kv heads they share, so num_kv_heads must divide by the head-sharding size).
 
+Inputs: the layer's active logical rules name the batch and head mesh axes; the shard_map itself
+is `lwm_plugin.ring_attention.sharded_ring_attention`'s (its one owner), which reshards q/k/v,
+segment ids and positions to the ring's specs first, as MaxText's own kernels do, so
+`shard_mode: explicit` works whatever sharding the inputs arrive with. It also takes what
+`dot_product` takes: integer-valued float segment ids (MaxText's tests build them as float32).
+MaxText methods called here without being patched are `Used` rows of the seam table.
+
 Modes: train mode runs the ring. Prefill and autoregressive decode use MaxText's dot-product path
 (correct, logged once per mode); the ring kernel has no KV cache.
 
@@ -26,16 +33,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 from typing import Any
 
 import jax
-from jax.sharding import PartitionSpec as P
 from maxtext.common.common_types import (BATCH_ATTN, HEAD, KV_HEAD, MODEL_MODE_AUTOREGRESSIVE, MODEL_MODE_TRAIN,
                                          Q_LENGTH, AttentionType)
 
 from lwm_plugin.kernels.ring.common import BlockSizes
-from lwm_plugin.kernels.ring.ring import ring_attention
+from lwm_plugin.ring_attention import sharded_ring_attention
 
 logger = logging.getLogger("lwm_plugin.integration")
 
@@ -50,18 +55,14 @@ def _axes(spec_entry) -> tuple[str, ...]:
   return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry)
 
 
-def _size(mesh, axes) -> int:
-  return math.prod(mesh.shape[a] for a in axes)
-
-
-def _ring_specs(op) -> tuple[P, P, str]:
-  """PartitionSpecs (q/k/v, per-token) for the shard_map and the ring axis name, from the active rules.
+def _ring_axes(op) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+  """Mesh axes of the batch and of the heads, and the ring axis name, from the active logical rules.
 
   Query and kv heads shard over the same axes, so each device's query heads find their kv heads locally.
   """
   mesh, cfg = op.mesh, op.config
   resolve = lambda name: op._logical_to_mesh_axes((name,))[0]  # pylint: disable=protected-access
-  batch = resolve(BATCH_ATTN)
+  batch = _axes(resolve(BATCH_ATTN))
   seq = [a for a in _axes(resolve(Q_LENGTH)) if mesh.shape[a] > 1]
   heads, kv_heads = _axes(resolve(HEAD)), _axes(resolve(KV_HEAD))
   ring_axis = cfg.context_sharding
@@ -71,7 +72,7 @@ def _ring_specs(op) -> tuple[P, P, str]:
   if [a for a in heads if mesh.shape[a] > 1] != [a for a in kv_heads if mesh.shape[a] > 1]:
     raise ValueError(f"attention: ring needs query and kv heads sharded over the same mesh axes: "
                      f"activation_heads -> {heads}, activation_kv_heads -> {kv_heads}")
-  return P(batch, ring_axis, heads or None, None), P(batch, ring_axis), ring_axis
+  return batch, heads, ring_axis
 
 
 def _check_supported(op, args: dict[str, Any]) -> None:
@@ -106,29 +107,20 @@ def _check_supported(op, args: dict[str, Any]) -> None:
 
 
 def ring_attention_op(op, query, key, value, decoder_segment_ids, segment_positions):
-  """The ring for one MaxText `AttentionOp` call in train mode: shard_map over the mesh, normalised output."""
+  """The ring for one MaxText `AttentionOp` call in train mode, through the public sharded wrapper.
+
+  `sharded_ring_attention` reshards every input to the ring's specs first (as MaxText's own kernels
+  do, `AttentionOp._maybe_shard_with_pspec`), so `shard_mode: explicit` works with any batch axes,
+  and casts integer-valued float segment ids/positions (what MaxText's tests feed).
+  """
   cfg = op.config
-  qkv_spec, tok_spec, axis = _ring_specs(op)
-  head_shards = _size(op.mesh, _axes(qkv_spec[2]))
-  if key.shape[2] % head_shards:
-    raise ValueError(f"attention: ring with heads sharded {head_shards} ways needs num_kv_heads divisible by it: "
-                     f"{key.shape=}")
+  batch_axes, head_axes, axis = _ring_axes(op)
   block_sizes = BlockSizes(block_q=cfg.lwm_ring_block_q or None, block_kv=cfg.lwm_ring_block_kv or None,
                            block_q_bwd=cfg.lwm_ring_block_q_bwd or None, block_kv_bwd=cfg.lwm_ring_block_kv_bwd or None)
-  kernel = functools.partial(ring_attention, axis_name=axis, causal=op.attention_type == AttentionType.GLOBAL,
-                             scale=1.0, block_sizes=block_sizes, impl=cfg.lwm_ring_impl,
-                             scan_unroll=cfg.lwm_ring_scan_unroll)
-  args, specs, names = [query, key, value], [qkv_spec] * 3, []
-  for name, array in (("segment_ids", decoder_segment_ids), ("positions", segment_positions)):
-    if array is not None:
-      args.append(array)
-      specs.append(tok_spec)
-      names.append(name)
-
-  def local(q, k, v, *token_arrays):
-    return kernel(q, k, v, **dict(zip(names, token_arrays)))
-
-  return jax.shard_map(local, mesh=op.mesh, in_specs=tuple(specs), out_specs=qkv_spec, check_vma=False)(*args)
+  return sharded_ring_attention(query, key, value, mesh=op.mesh, axis_name=axis, segment_ids=decoder_segment_ids,
+                                positions=segment_positions, causal=op.attention_type == AttentionType.GLOBAL,
+                                scale=1.0, block_sizes=block_sizes, impl=cfg.lwm_ring_impl,
+                                scan_unroll=cfg.lwm_ring_scan_unroll, batch_axes=batch_axes, head_axes=head_axes)
 
 
 def apply_attention(original):

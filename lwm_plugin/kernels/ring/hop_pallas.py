@@ -1,4 +1,4 @@
-"""The Pallas ring hops as `HopImpl`s, their platform dispatch, and a differentiable single-hop attention.
+"""The ring hops by name (the Pallas ones with their platform dispatch) and a differentiable single-hop attention.
 
 Implementations (selected with `ring_attention(..., impl=NAME)`):
 
@@ -12,6 +12,9 @@ nothing is decided at import and an ahead-of-time compile for a TPU topology fro
 the Mosaic kernels (the tests check the compiled HLO for `tpu_custom_call`). Every branch is traced;
 only the one for the lowering platform is lowered. `HopImpl.kernels_for(platform)` names the kernels
 a platform gets ("mosaic", "triton", "xla", "mosaic (interpreted)", ...), for reports.
+
+`HOP_IMPLS` maps every name to its `HopImpl` ("xla" is `hop_xla`); `resolve_impl(name)` is what
+`ring.ring_attention` and `hop_attention` run, `kernels_for(name, platform)` what a report names.
 
 `hop_attention` is one hop as a plain differentiable op (`jax.custom_vjp` over the hop's forward and
 backward kernels): attention of queries against keys with their own segment ids and positions. It
@@ -81,6 +84,31 @@ PALLAS_GPU = _dispatch("pallas_gpu", {"cuda": _GPU, "rocm": _GPU, "cpu": _interp
 AUTO = _dispatch("auto", {"tpu": _TPU, "cuda": _GPU, "rocm": _GPU}, default=_XLA)
 
 HOPS = (PALLAS, PALLAS_TPU, PALLAS_GPU)
+IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu")
+HOP_IMPLS: dict[str, HopImpl] = {"xla": hop_xla.HOP, **{hop.name: hop for hop in HOPS}}
+
+
+def resolve_impl(impl: str) -> HopImpl:
+  """The hop implementation for `impl`; raises if it is unknown or cannot run on this backend."""
+  if impl == "auto":
+    return AUTO
+  if impl not in HOP_IMPLS:
+    raise ValueError(f"impl={impl!r}: expected one of {sorted(IMPLS)}")
+  found = HOP_IMPLS[impl]
+  why_not = found.available()
+  if why_not:
+    raise NotImplementedError(f"ring attention impl={impl!r} cannot run here: {why_not}")
+  return found
+
+
+def kernels_for(impl: str, platform: str) -> str:
+  """The kernels `impl` compiles to in a program lowered for `platform` ("tpu", "gpu", "cpu", ...).
+
+  For reports of ahead-of-time compiles, whose target is not this host: "auto" for "tpu" is "mosaic".
+  """
+  if impl != "auto" and impl not in HOP_IMPLS:
+    raise ValueError(f"impl={impl!r}: expected one of {sorted(IMPLS)}")
+  return (AUTO if impl == "auto" else HOP_IMPLS[impl]).kernels_for(platform)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,8 +148,6 @@ def hop_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, *, q_segment_ids=None, kv_seg
   Returns [B, Lq, H, D] in q's dtype; rows that see no key are 0. `impl` names a hop ("pallas",
   "pallas_tpu", "pallas_gpu", "xla", "auto").
   """
-  from lwm_plugin.kernels.ring import ring  # pylint: disable=import-outside-toplevel  (ring imports this module)
-
   b, lq = q_BxLxHxD.shape[:2]
   lk = k_BxLxKxD.shape[1]
   ones = lambda length: jnp.ones((b, length), jnp.int32)
@@ -129,5 +155,5 @@ def hop_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, *, q_segment_ids=None, kv_seg
   meta = [ones(lq) if q_segment_ids is None else q_segment_ids, ones(lk) if kv_segment_ids is None else kv_segment_ids,
           arange(lq) if q_positions is None else q_positions, arange(lk) if kv_positions is None else kv_positions]
   scale = float(q_BxLxHxD.shape[-1]**-0.5 if scale is None else scale)
-  return _hop(ring.resolve_impl(impl), scale, bool(causal), block_sizes or BlockSizes(), q_BxLxHxD, k_BxLxKxD,
+  return _hop(resolve_impl(impl), scale, bool(causal), block_sizes or BlockSizes(), q_BxLxHxD, k_BxLxKxD,
               v_BxLxKxD, *(x.astype(jnp.int32) for x in meta))

@@ -22,11 +22,10 @@ shard the hop before), so that transfer overlaps this hop's compute; after the l
 permute brings every accumulator home, summed over all N devices. Cotangents are cast to the
 input dtypes.
 
-Hop implementations are looked up by name (`HOP_IMPLS`, `register_hop_impl`): "xla" (`hop_xla`), and
-the Pallas kernels "pallas", "pallas_tpu", "pallas_gpu" (`hop_pallas`). "auto" takes the Mosaic
+Hop implementations are looked up by name in `hop_pallas` (`HOP_IMPLS`, `resolve_impl`): "xla"
+(`hop_xla`), and the Pallas kernels "pallas", "pallas_tpu", "pallas_gpu". "auto" takes the Mosaic
 kernels on TPU, the Triton kernels on GPU and "xla" elsewhere, decided when the program is lowered
-for its platform (`jax.lax.platform_dependent`), never at import; `kernels_for(impl, platform)` names
-the kernels a platform gets.
+for its platform (`jax.lax.platform_dependent`), never at import.
 """
 
 from __future__ import annotations
@@ -38,42 +37,9 @@ from typing import Hashable
 import jax
 import jax.numpy as jnp
 
-from lwm_plugin.kernels.ring import common, hop_pallas, hop_xla
+from lwm_plugin.kernels.ring import common
 from lwm_plugin.kernels.ring.common import BlockSizes, HopImpl
-
-IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu")
-HOP_IMPLS: dict[str, HopImpl] = {"xla": hop_xla.HOP, **{hop.name: hop for hop in hop_pallas.HOPS}}
-
-
-def register_hop_impl(impl: HopImpl) -> None:
-  """Makes `impl` selectable as `ring_attention(..., impl=impl.name)`; refuses to replace a name."""
-  if impl.name in HOP_IMPLS:
-    raise ValueError(f"hop implementation {impl.name!r} is already registered")
-  HOP_IMPLS[impl.name] = impl
-
-
-def resolve_impl(impl: str) -> HopImpl:
-  """The hop implementation for `impl`; raises if it is unknown or cannot run on this backend."""
-  if impl == "auto":
-    return hop_pallas.AUTO
-  if impl not in HOP_IMPLS:
-    raise ValueError(f"impl={impl!r}: expected one of {sorted(set(IMPLS) | set(HOP_IMPLS))}")
-  found = HOP_IMPLS[impl]
-  why_not = found.available()
-  if why_not:
-    raise NotImplementedError(f"ring attention impl={impl!r} cannot run here: {why_not}")
-  return found
-
-
-def kernels_for(impl: str, platform: str) -> str:
-  """The kernels `impl` compiles to in a program lowered for `platform` ("tpu", "gpu", "cpu", ...).
-
-  For reports of ahead-of-time compiles, whose target is not this host: "auto" for "tpu" is "mosaic".
-  """
-  if impl != "auto" and impl not in HOP_IMPLS:
-    raise ValueError(f"impl={impl!r}: expected one of {sorted(set(IMPLS) | set(HOP_IMPLS))}")
-  return (hop_pallas.AUTO if impl == "auto" else HOP_IMPLS[impl]).kernels_for(platform)
-
+from lwm_plugin.kernels.ring.hop_pallas import resolve_impl
 
 @dataclasses.dataclass(frozen=True)
 class _Ring:
