@@ -37,7 +37,7 @@ from maxtext.common import checkpoint_context
 from maxtext.utils import globals as maxtext_globals
 from orbax.checkpoint import v1 as ocp
 
-from conversion.spec import ConversionError
+from conversion.spec import ConversionError, read_json_object
 
 LeafPath = tuple[str, ...]
 ITEMS = "items"
@@ -83,13 +83,7 @@ def _json_object(path: Path) -> dict:
   """The JSON object in `path`, or a ConversionError naming the file."""
   if not path.is_file():
     raise ConversionError(f"{path}: missing; not a complete Orbax checkpoint")
-  try:
-    value = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, ValueError) as e:
-    raise ConversionError(f"{path}: unreadable Orbax metadata ({e})") from e
-  if not isinstance(value, dict):
-    raise ConversionError(f"{path}: Orbax metadata is not a JSON object")
-  return value
+  return read_json_object(path, "Orbax metadata")
 
 
 def _check_layout(step_dir: Path) -> None:

@@ -109,17 +109,22 @@ class ModelSpec:
     return out
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+  """The JSON object in an existing file `path`, or a ConversionError naming the file (`what` it should be)."""
+  try:
+    value = json.loads(Path(path).read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise ConversionError(f"{path}: unreadable {what} ({e})") from e
+  if not isinstance(value, dict):
+    raise ConversionError(f"{path}: expected a JSON object ({what}), got {type(value).__name__}")
+  return value
+
+
 def read_hf_config(hf_dir: Path) -> dict[str, Any]:
   path = Path(hf_dir) / "config.json"
   if not path.is_file():
     raise ConversionError(f"{hf_dir}: no config.json (expected a Hugging Face model directory)")
-  try:
-    config = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, ValueError) as e:
-    raise ConversionError(f"{path}: unreadable JSON ({e})") from e
-  if not isinstance(config, dict):
-    raise ConversionError(f"{path}: not a JSON object")
-  return config
+  return read_json_object(path, "Hugging Face config")
 
 
 def check_hf_config(hf: dict[str, Any], spec: ModelSpec, where: str) -> int:

@@ -176,7 +176,7 @@ def test_from_hf_truncated_safetensors(tmp_path, capsys, inputs):
 def test_from_hf_bad_config_json(tmp_path, capsys, inputs):
   hf = shutil.copytree(inputs / "hf", tmp_path / "hf")
   (hf / "config.json").write_text('{"model_type": "llama", ')
-  _probe(capsys, tmp_path, _from_hf(hf, tmp_path / "out"), f"{hf / 'config.json'}: unreadable JSON")
+  _probe(capsys, tmp_path, _from_hf(hf, tmp_path / "out"), f"{hf / 'config.json'}: unreadable Hugging Face config")
   (hf / "config.json").write_text('{"model_type": "llama"}')
   _probe(capsys, tmp_path, _from_hf(hf, tmp_path / "out"), "hidden_size=None, expected a positive integer")
 
@@ -203,7 +203,7 @@ def _break_file(name, content):
 _ORBAX_FAULTS = {
     "bad_json": (_break_file("_CHECKPOINT_METADATA", b"{not json"), "_CHECKPOINT_METADATA", "unreadable Orbax metadata"),
     "no_checkpoint_metadata": (_break_file("_CHECKPOINT_METADATA", None), "_CHECKPOINT_METADATA", "missing"),
-    "tree_not_object": (_break_file("items/_METADATA", b"[1, 2]"), "items/_METADATA", "not a JSON object"),
+    "tree_not_object": (_break_file("items/_METADATA", b"[1, 2]"), "items/_METADATA", "expected a JSON object"),
     "no_tree_metadata": (_break_file("items/_METADATA", None), "items/_METADATA", "missing"),
     "no_manifest": (_break_file("items/manifest.ocdbt", None), "items", "missing manifest.ocdbt"),
     "bad_manifest": (_break_file("items/manifest.ocdbt", b"xx"), "items", "Orbax cannot read this checkpoint's metadata"),
