@@ -76,7 +76,7 @@ def _ring_axes(op) -> tuple[tuple[str, ...], tuple[str, ...], str]:
 
 
 def _check_supported(op, args: dict[str, Any]) -> None:
-  """Raises for every MaxText attention feature the ring does not implement."""
+  """Raises for every per-call MaxText attention feature the ring does not implement."""
   unsupported = {
       "bidirectional_mask": args["bidirectional_mask"] is not None,
       "sinks": args["sinks"] is not None,
@@ -86,11 +86,12 @@ def _check_supported(op, args: dict[str, Any]) -> None:
       "decoder_segment_ids_kv": args["decoder_segment_ids_kv"] is not None,
       "previous_chunk": args["previous_chunk"] is not None,
       "use_ragged_attention": bool(args["use_ragged_attention"]),
-      "attn_logits_soft_cap": bool(op.attn_logits_soft_cap),
   }
   bad = [name for name, used in unsupported.items() if used]
   if bad:
     raise ValueError(f"attention: ring does not support {', '.join(bad)}; use attention: dot_product for this model")
+  # The config class refuses config-level settings (attention_type, attn_logits_soft_cap, ...); a decoder
+  # block may still give one layer another type (e.g. local sliding layers), seen only here.
   if op.attention_type not in (AttentionType.GLOBAL, AttentionType.FULL):
     raise ValueError(f"attention: ring supports attention_type global (causal) and full, not "
                      f"{op.attention_type.value!r}")
