@@ -38,13 +38,12 @@ def describe(vocab: MultimodalVocab) -> str:
 
 
 def is_multimodal(vocab: MultimodalVocab, model_vocab: int, where: str) -> bool:
-  """True for a multimodal model, False for a text-only one, else a ConversionError."""
-  if model_vocab == vocab.size:
-    return True
-  if model_vocab == vocab.text_size:
-    return False
-  raise ConversionError(f"{where}: vocab_size={model_vocab} is neither the multimodal vocabulary ({vocab.size}) "
-                        f"nor the text vocabulary ({vocab.text_size}) of {describe(vocab)}")
+  """True for a multimodal model, False for a text-only one (the vocabulary's own rule,
+  `MultimodalVocab.is_text_model`), else a ConversionError naming `where`."""
+  try:
+    return not vocab.is_text_model(model_vocab, f"{where}: vocab_size")
+  except ValueError as e:
+    raise ConversionError(f"{e} (or the text vocabulary's {vocab.text_size} for a text model; {describe(vocab)})") from e
 
 
 def check_lwm_tables(vocab: MultimodalVocab, text_rows: int, vision_rows: int, where: str) -> None:
