@@ -148,12 +148,13 @@ class ShardedWriter:
     self._close_file()
 
 
-def _weight_map(index: Path) -> dict[str, str]:
-  """`weight_map` of a safetensors index: tensor name -> shard file name in the same directory."""
+def read_weight_map(index: Path) -> dict[str, str]:
+  """`weight_map` of a Hugging Face weights index (safetensors or torch `.bin` shards): tensor name -> shard
+  file name in the same directory (anything else is a ConversionError naming the index)."""
   try:
     weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ConversionError(f"{index}: not a safetensors index with a weight_map ({e!r})") from e
+    raise ConversionError(f"{index}: not a weights index with a weight_map ({e!r})") from e
   if not isinstance(weight_map, dict) or not weight_map:
     raise ConversionError(f"{index}: weight_map is not a non-empty object")
   for name, file in weight_map.items():
@@ -180,7 +181,7 @@ class ShardedReader:
     self._dir = Path(hf_dir)
     index = self._dir / INDEX_FILE
     if index.is_file():
-      weight_map = _weight_map(index)
+      weight_map = read_weight_map(index)
     elif (self._dir / SINGLE_FILE).is_file():
       weight_map = None
     else:

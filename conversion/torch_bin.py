@@ -19,7 +19,6 @@ terabytes), and the storage's byte size consistent with its declared type and el
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pickle
 import zipfile
@@ -30,6 +29,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from conversion.safetensors_io import read_weight_map
 from conversion.spec import ConversionError
 
 INDEX_FILE = "pytorch_model.bin.index.json"
@@ -174,26 +174,13 @@ class _BinFile:
     return np.array(view)   # a contiguous copy; the storage bytes are freed on return
 
 
-def _index_files(index: Path) -> list[str]:
-  """The shard file names of `pytorch_model.bin.index.json`: plain names inside its directory."""
-  try:
-    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    files = sorted(set(weight_map.values()))
-  except (ValueError, KeyError, TypeError, AttributeError) as e:
-    raise ConversionError(f"{index}: not a weights index with a weight_map ({e!r})") from e
-  for file in files:
-    if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
-      raise ConversionError(f"{index}: weight_map names {file!r}, not a file name in this directory")
-  return files
-
-
 class TorchBinReader:
   """Tensors of a Hugging Face directory with `pytorch_model.bin` (or an index and shards)."""
 
   def __init__(self, hf_dir: Path):
     hf_dir = Path(hf_dir)
     index = hf_dir / INDEX_FILE
-    files = _index_files(index) if index.is_file() else [SINGLE_FILE]
+    files = sorted(set(read_weight_map(index).values())) if index.is_file() else [SINGLE_FILE]
     self._where: dict[str, _BinFile] = {}
     for file in files:
       if not (hf_dir / file).is_file():

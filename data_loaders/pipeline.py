@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 class LoaderConfig:
   """Everything the pipeline needs; `from_settings` reads it from a MaxText/LWM config.
 
-  sources           the data sources (`lwm_plugin.config.settings.LWMDataSource`, or dicts of its fields)
+  sources           the data sources (`data_loaders.sources.LWMDataSource`, or dicts of its fields)
   seq_len           row length S (MaxText `max_target_length`); an example fits with S + 1 tokens
   batch_size        rows per batch on this host
   packing           False: one example per row (unpacked, padded)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from sentencepiece import sentencepiece_model_pb2
 
+from data_loaders.atomic_file import atomic_path
 from data_loaders.chat_template import HF_CHAT_TEMPLATE
 from data_loaders.vocab import MultimodalVocab
 
@@ -109,12 +110,6 @@ def build_hf_tokenizer(vocab: MultimodalVocab) -> tokenizers.Tokenizer:
   return tok
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
-
-
 def export_hf_tokenizer(vocab: MultimodalVocab, out_dir: str | os.PathLike, *,
                         model_max_length: int | None = None) -> list[Path]:
   """Writes a Hugging Face tokenizer (tokenizer.model, tokenizer.json, configs) giving `vocab`'s ids.
@@ -147,5 +142,6 @@ def export_hf_tokenizer(vocab: MultimodalVocab, out_dir: str | os.PathLike, *,
       "special_tokens_map.json": json.dumps(special, indent=2).encode(),
   }
   for name, data in files.items():
-    _write_atomic(out / name, data)
+    with atomic_path(out / name) as tmp:
+      Path(tmp).write_bytes(data)
   return [out / name for name in files]

@@ -30,7 +30,7 @@ __all__ = ["extend_vocab", "from_hf", "from_lwm", "quiet_failed_read_noise", "re
 
 def resolve(config_file: str, overrides: Sequence[str] = ()) -> Any:
   """The resolved config (our key checks first, then MaxText's resolution on the host CPU)."""
-  integration.check()  # the MaxText internals the converters use (USED_TABLE) are the ones we know
+  integration.check_conversion()  # the MaxText pieces the converters use are the ones we know
   path = resolve_config_file(config_file)
   check_keys(path, overrides)
   return integration.resolve_config(["lwm-convert", path, "hardware=cpu", "skip_jax_distributed_system=true",

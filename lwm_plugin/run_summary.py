@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+
 def _mesh(config: Any) -> str:
   """The mesh axes not of size 1 (-1: whatever the devices leave)."""
   parts = [f"{key.removesuffix('_parallelism')} {value}" for key in sorted(type(config).model_fields)

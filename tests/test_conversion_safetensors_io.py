@@ -116,8 +116,8 @@ def test_truncated_shard_is_named(tmp_path, cut):
 
 
 @pytest.mark.parametrize("index, message", [
-    ("{not json", "not a safetensors index with a weight_map"),
-    (json.dumps({"metadata": {}}), "not a safetensors index with a weight_map"),
+    ("{not json", "not a weights index with a weight_map"),
+    (json.dumps({"metadata": {}}), "not a weights index with a weight_map"),
     (json.dumps({"weight_map": {"x": "../model.safetensors"}}), r"weight_map puts 'x' in '../model.safetensors', not a file name"),
 ])
 def test_bad_index_is_named(tmp_path, index, message):

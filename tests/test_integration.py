@@ -17,7 +17,7 @@ def _current(patch: Patch):
 
 def test_every_target_exists_with_expected_signature():
   integration.check()  # raises SeamError if MaxText moved
-  for row in (*integration.PATCH_TABLE, *integration.USED_TABLE):
+  for row in (*integration.PATCH_TABLE, *integration.USED_TABLE, *integration.CONVERSION_USED_TABLE):
     assert row.reason and row.remove_when, row.target
 
 

@@ -159,24 +159,15 @@ def accuracy_table(trials: Sequence[Trial], field: str = "score") -> tuple[list[
   return lengths, depths, table
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-  with atomic_path(path) as tmp:
-    write(tmp)
-  return path
-
-
 def write_results(path: str | os.PathLike, task: NeedleTask, trials: Sequence[Trial]) -> Path:
   lengths, depths, table = accuracy_table(trials)
   doc = {"task": dataclasses.asdict(task), "context_lengths": lengths, "depths": depths,
          "accuracy": table.tolist(), "mean_accuracy": float(np.mean([t.score for t in trials])),
          **{field: accuracy_table(trials, field)[2].tolist() for field in ("city_named", "digits_right")},
          "trials": [t.to_json() for t in trials]}
-
-  def write(tmp: str) -> None:
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(doc, f, indent=1)
-
-  return _atomic_write(Path(path), write)
+  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    json.dump(doc, f, indent=1)
+  return Path(path)
 
 
 def plot_heatmap(path: str | os.PathLike, trials: Sequence[Trial], title: str) -> Path:
@@ -199,6 +190,7 @@ def plot_heatmap(path: str | os.PathLike, trials: Sequence[Trial], title: str) -
       ax.text(j, i, f"{table[i, j]:.2f}", ha="center", va="center", fontsize=7)
   fig.colorbar(image, ax=ax, label="accuracy")
   fig.tight_layout()
-  out = _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=120)
   plt.close(fig)
-  return out
+  return Path(path)

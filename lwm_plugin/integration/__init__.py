@@ -161,8 +161,12 @@ USED_TABLE: tuple[Used, ...] = (
                "keyword apply_attention received",
         remove_when="MaxText has an attention-kernel registry (a kernel could then name its decode fallback)",
     ),
-    # The converters (conversion/, through lwm_plugin.checkpoints) reuse two MaxText pieces so that
-    # our checkpoints are exactly what MaxText loads.
+)
+
+# The converters (conversion/, through lwm_plugin.checkpoints) reuse two MaxText pieces so that our
+# checkpoints are exactly what MaxText loads; checked before every conversion (`check_conversion`),
+# which imports no trainer module.
+CONVERSION_USED_TABLE: tuple[Used, ...] = (
     Used(
         target="maxtext.checkpoint_conversion.utils.param_mapping:LLAMA31_MAXTEXT_TO_HF_PARAM_MAPPING",
         params=("config", "maxtext_config", "scan_layers"),
@@ -205,6 +209,7 @@ CHECK_ONLY_TABLE: tuple[Patch, ...] = (
 )
 
 _SEAM = Seam(PATCH_TABLE, used=USED_TABLE)
+_CONVERSION_SEAM = Seam((), used=CONVERSION_USED_TABLE)
 _RESOLVE_SEAM = Seam(RESOLVE_ONLY_TABLE)
 _CHECK_SEAM = Seam(CHECK_ONLY_TABLE)
 
@@ -234,6 +239,12 @@ def check() -> None:
   _SEAM.check()
   _RESOLVE_SEAM.check()
   _CHECK_SEAM.check()
+  _CONVERSION_SEAM.check()
+
+
+def check_conversion() -> None:
+  """The tripwires of the MaxText pieces the converters use (`CONVERSION_USED_TABLE`) only."""
+  _CONVERSION_SEAM.check()
 
 
 def report() -> list[str]:
@@ -278,6 +289,6 @@ def check_train_step(argv: Sequence[str], config_file: str) -> Any:
     return aot.compile_train_step(argv, config, config_file, _CHECK_SEAM)
 
 
-__all__ = ["CHECK_ONLY_TABLE", "PATCH_TABLE", "USED_TABLE", "LoaderFailed", "Patch", "SeamError", "Used", "check",
-           "check_train_step", "install", "installed", "is_installed", "report", "resolve_config", "run_training",
-           "uninstall"]
+__all__ = ["CHECK_ONLY_TABLE", "CONVERSION_USED_TABLE", "PATCH_TABLE", "USED_TABLE", "LoaderFailed", "Patch",
+           "SeamError", "Used", "check", "check_conversion", "check_train_step", "install", "installed",
+           "is_installed", "report", "resolve_config", "run_training", "uninstall"]
