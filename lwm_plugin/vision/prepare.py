@@ -50,7 +50,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from data_loaders.atomic_file import atomic_path
-from data_loaders.lwm_format import example_from_line
+from data_loaders.lwm_format import example_from_line, parse_fields_spec
 from data_loaders.pretokenized import encode_record
 from data_loaders.vocab import MultimodalVocab
 from lwm_plugin.vision import manifest as mf
@@ -91,6 +91,17 @@ class PrepareOptions:
     for name in ("shard_size", "batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if not self.fields:
+      raise ValueError("--fields: no spec")
+    for spec in self.fields:
+      try:
+        items = parse_fields_spec(spec)
+      except ValueError as e:
+        raise ValueError(f"--fields: {e}") from None
+      names = {n for item in items for n in item.names}
+      if not names <= {"caption", "vision"} or "vision" not in names:
+        raise ValueError(f"--fields {spec!r}: a spec names the fields 'caption' and 'vision' (and <|bos|>, "
+                         f"<|eos|>) and includes vision; got {sorted(names)}")
     if self.max_frames is not None and self.max_frames < 1:
       raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
     if not self.fps > 0:
