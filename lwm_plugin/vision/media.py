@@ -95,7 +95,9 @@ def read_image(source: str, data: bytes | None = None, *, size: int = FRAME_SIZE
     with Image.open(_open(source, data)) as image:
       image.load()
       return resize_and_crop(image, size)[None]
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # Pillow's decoders raise these
+  except UnidentifiedImageError:
+    raise MediaError(source, "corrupt", "Pillow cannot identify the image format") from None
+  except (OSError, SyntaxError, ValueError) as e:  # Pillow's decoders raise these on damaged data
     if isinstance(e, FileNotFoundError):
       raise
     raise MediaError(source, "corrupt", f"Pillow cannot decode the image ({type(e).__name__}: {e})") from None
