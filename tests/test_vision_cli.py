@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import REPO, subprocess_env
 from helpers.vqgan_files import write_random_vqgan
-from lwm_plugin.vision import cli, media
+from lwm_plugin.vision import media, vision_cli as cli
 from lwm_plugin.vision.vqgan import load_vqgan
 from lwm_plugin.vision.vqgan_weights import VQGANConfig
 
@@ -58,7 +58,7 @@ def test_usage_errors_exit_2_write_nothing_and_import_neither_jax_nor_beam(files
   def fill(text):
     return text.replace("VQ", str(files / "vq")).replace("D/", f"{files}/").replace("OUT", str(tmp_path / "out"))
   cases = [([fill(a) for a in argv], fill(message)) for argv, message in USAGE_CASES]
-  code = ("import json, sys\nfrom lwm_plugin.vision import cli\n"
+  code = ("import json, sys\nfrom lwm_plugin.vision import vision_cli as cli\n"
           f"cases = json.loads({json.dumps(json.dumps(cases))})\n"
           "for argv, _ in cases:\n"
           "  print('RC', cli.main(argv), file=sys.stderr)\n"

@@ -6,6 +6,9 @@ codes of the solid-grey inputs are known by hand; the real VQGAN runs in the end
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tarfile
 
 import av
@@ -206,3 +209,46 @@ def test_beam_options_default_to_the_multiprocess_direct_runner():
   assert (passed["runner"], passed["project"], passed["region"], passed["direct_running_mode"]) == (
       "DataflowRunner", "p", "r", "in_memory")
   assert prepare.beam_options(["--direct_num_workers=1"]).get_all_options()["direct_running_mode"] == "in_memory"
+
+
+@pytest.mark.slow  # a multi-process Beam run with the real VQGAN, then MaxText compiles a train step: ~2-3 min
+def test_generated_images_and_a_video_train_one_tiny_vision_step(tmp_path, tiny_lwm_data):
+  """Item 5 of the issue: media -> `lwm-vision prepare` (CLI, default DirectRunner, a small random VQGAN
+  with the tiny vocabulary's 64 codes) -> the Grain loader -> one `tiny_vision_1k.yml` training step."""
+  from helpers.vqgan_files import write_random_vqgan  # pylint: disable=import-outside-toplevel
+  from lwm_plugin.vision.vqgan_weights import VQGANConfig  # pylint: disable=import-outside-toplevel
+
+  from conftest import REPO, read_metrics, run_lwm_train, subprocess_env  # pylint: disable=import-outside-toplevel
+
+  write_random_vqgan(tmp_path / "vq", "diffusers", VQGANConfig(block_channels=(8, 8, 8, 8, 8), num_res_blocks=1,
+                                                               z_channels=8, num_embeddings=64, embed_dim=8,
+                                                               norm_groups=4), seed=1)
+  rng = np.random.default_rng(0)
+  rows = []
+  for k in range(6):
+    Image.fromarray(rng.integers(0, 256, (200 + 20 * k, 300, 3), np.uint8)).save(tmp_path / f"img{k}.png")
+    rows.append({"image": f"img{k}.png", "caption": f"a red circle {k}"})
+  _video(tmp_path / "clip.mp4", [5, 25, 45, 60])
+  rows.append({"video": "clip.mp4", "caption": "a blue square moving"})
+  (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  proc = subprocess.run([sys.executable, "-m", "lwm_plugin.vision.vision_cli", "prepare", "--vqgan", str(tmp_path / "vq"),
+                         "--manifest", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "laion"),
+                         "--max-frames", "3", "--shard-size", "4", "--platform", "cpu"],
+                        env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "7 records in 2 new shards (0 complete before), 0 rejects" in proc.stderr
+  records = [json.loads(line) for p in sorted((tmp_path / "laion").glob("part-*.jsonl"))
+             for line in p.read_text().splitlines()]
+  assert [len(r["vision"]) // 256 for r in records] == [1] * 6 + [3]
+  assert len({tuple(r["vision"]) for r in records}) == 7 and max(max(r["vision"]) for r in records) < 64
+  data = tmp_path / "data"
+  shutil.copytree(tiny_lwm_data, data)
+  sources = (f"lwm_data_sources=[{{name: image, files: '{tmp_path}/laion/part-*.jsonl', weight: 0.84, group: vision}}, "
+             f"{{name: text, files: '{data}/text.jsonl', weight: 0.16, group: text}}]")
+  train = run_lwm_train(["tiny_vision_1k.yml", f"lwm_data_dir={data}", f"base_output_directory={tmp_path / 'out'}",
+                         "load_parameters_path=''", "enable_checkpointing=false", "steps=1", sources,
+                         f"metrics_file={tmp_path}/metrics.jsonl"], devices=4, cwd=tmp_path)
+  assert train.returncode == 0, train.stderr[-4000:]
+  (row,) = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "learning/loss" in r]
+  assert row["lwm/vision_examples"] >= 1 and row["lwm/vision_tokens"] > 0
+  assert all(np.isfinite(row[k]) for k in ("learning/loss", "lwm/vision_loss", "lwm/text_loss"))

@@ -1,6 +1,6 @@
 """What `lwm-vision encode`, `decode` and `prepare` do, as Python functions over a loaded VQGAN.
 
-`lwm_plugin.vision.cli` checks the command line and then calls these; this module imports JAX (through
+`lwm_plugin.vision.vision_cli` checks the command line and then calls these; this module imports JAX (through
 the VQGAN) and Beam, which is why the CLI imports it only after its checks.
 
   encode_files(codec, inputs, output, fps=, max_frames=)   media files -> one codes line per input
