@@ -44,7 +44,7 @@ USAGE_CASES = [
     (["encode", "--vqgan", "VQ", "--output", "OUT/c.jsonl", "--bogus", "D/noise.png"], "unrecognized arguments: --bogus"),
     (["decode", "--vqgan", "VQ", "--input", "D/none.jsonl", "--output", "OUT/d"], "--input 'D/none.jsonl': no such file"),
     (["decode", "--vqgan", "VQ", "--input", "D/m.jsonl", "--output", "D/noise.png"], "exists and is not a directory"),
-    (["prepare", "--vqgan", "VQ", "--manifest", "D/m.txt", "--output", "OUT/p"], "unknown suffix"),
+    (["prepare", "--vqgan", "VQ", "--manifest", "D/m.txt", "--output", "OUT/p"], "--manifest 'D/m.txt': no such file"),
     (["prepare", "--vqgan", "VQ", "--manifest", "D/m.jsonl", "--output", "OUT/p", "--format", "parquet"],
      "invalid choice: 'parquet'"),
     (["prepare", "--vqgan", "VQ", "--manifest", "D/m.jsonl", "--output", "OUT/p", "--tokenizer", "D/m.jsonl"],
@@ -74,11 +74,13 @@ def test_usage_errors_exit_2_write_nothing_and_import_neither_jax_nor_beam(files
   assert not (tmp_path / "out").exists()
 
 
-def test_bad_fields_specs_are_usage_errors(files, tmp_path, capsys):
-  """Checked by the data format's parser after the heavy import, still before anything is written."""
-  for spec, message in [("[caption],text", "a spec names the fields 'caption' and 'vision'"),
-                        ("[caption],[vision", "malformed item")]:
-    rc = cli.main(["prepare", "--vqgan", str(files / "vq"), "--manifest", str(files / "m.jsonl"),
+def test_bad_fields_specs_and_manifests_are_usage_errors(files, tmp_path, capsys):
+  """Checked by the data format's parser and the manifest reader after the heavy import, before any writing."""
+  (files / "m.txt").write_text("")
+  for manifest, spec, message in [("m.jsonl", "[caption],text", "a spec names the fields 'caption' and 'vision'"),
+                                  ("m.jsonl", "[caption],[vision", "malformed item"),
+                                  ("m.txt", "[caption],vision", "unknown suffix")]:
+    rc = cli.main(["prepare", "--vqgan", str(files / "vq"), "--manifest", str(files / manifest),
                    "--output", str(tmp_path / "p"), "--fields", spec])
     assert rc == 2 and message in capsys.readouterr().err
   assert not (tmp_path / "p").exists()

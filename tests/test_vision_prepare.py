@@ -116,13 +116,16 @@ def _tokens(features):
 def prepared(inputs, tmp_path_factory):
   manifests, _, _ = inputs
   out = tmp_path_factory.mktemp("out") / "prepared"
-  result = prepare.prepare(manifests, _options(out), IN_MEMORY, log=lambda _: None)
-  return out, result
+  lines = []
+  result = prepare.prepare(manifests, _options(out), IN_MEMORY, log=lines.append)
+  return out, result, lines
 
 
 def test_every_input_is_a_record_or_a_listed_reject(inputs, prepared):
   _, expected, rejects = inputs
-  out, result = prepared
+  out, result, lines = prepared
+  assert lines[0].startswith("14 inputs to prepare (0 shards already complete)")
+  assert lines[-1].startswith("14/14 inputs read and encoded, ") and not list((out / "_progress").iterdir())
   assert (result.records, result.rejects, result.shards_skipped) == (len(expected), len(rejects), 0)
   listed = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
   assert {(r["manifest"], r["row"]): r["reason"] for r in listed} == rejects
@@ -136,7 +139,7 @@ def test_every_input_is_a_record_or_a_listed_reject(inputs, prepared):
 
 def test_the_loader_reads_the_shards_unchanged(inputs, prepared, corpus_vocab):
   _, expected, _ = inputs
-  out, _ = prepared
+  out, _, _ = prepared
   records = [json.loads(line) for p in sorted(out.glob("part-*.jsonl")) for line in p.read_text().splitlines()]
   assert all(r["fields"] == ["[caption],vision", "[vision],caption"] for r in records)
   examples = _loader_examples(out, "part-*.jsonl", "jsonl", corpus_vocab)
@@ -155,7 +158,7 @@ def test_the_loader_reads_the_shards_unchanged(inputs, prepared, corpus_vocab):
 
 def test_arrayrecord_shards_hold_what_the_loader_makes_of_the_jsonl(inputs, prepared, corpus_vocab, tmp_path):
   manifests, _, _ = inputs
-  jsonl_out, _ = prepared
+  jsonl_out, _, _ = prepared
   out = tmp_path / "ar"
   prepare.prepare(manifests, _options(out, file_format="arrayrecord", vocab_factory=Const(corpus_vocab)), IN_MEMORY,
                   log=lambda _: None)
@@ -192,8 +195,11 @@ def test_manifest_errors_and_option_checks(tmp_path):
   (tmp_path / "bad.csv").write_text("path,text\nx.png,hi\n")
   with pytest.raises(manifest.ManifestError, match="CSV header"):
     prepare.prepare([str(tmp_path / "bad.csv")], _options(tmp_path / "o"), IN_MEMORY, log=lambda _: None)
+  (tmp_path / "m.txt").write_text("")
   with pytest.raises(manifest.ManifestError, match="unknown suffix"):
     prepare.prepare([str(tmp_path / "m.txt")], _options(tmp_path / "o"), IN_MEMORY, log=lambda _: None)
+  with pytest.raises(manifest.ManifestError, match="matches no file"):
+    prepare.prepare([str(tmp_path / "none-*.jsonl")], _options(tmp_path / "o"), IN_MEMORY, log=lambda _: None)
   assert not (tmp_path / "o").exists()
   with pytest.raises(ValueError, match="vocab_factory"):
     _options(tmp_path, file_format="arrayrecord")

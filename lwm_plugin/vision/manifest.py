@@ -57,12 +57,27 @@ def suffix(path: str) -> str:
   return base[base.rfind("."):] if "." in base else ""
 
 
-def check_manifest(path: str) -> None:
-  """A usage check before the run: the suffix is known and the file exists (columns: `rows`)."""
-  if suffix(path) not in MANIFEST_SUFFIXES:
-    raise ManifestError(f"manifest {path!r}: unknown suffix (expected one of {', '.join(MANIFEST_SUFFIXES)})")
-  if not FileSystems.exists(path):
-    raise ManifestError(f"manifest {path!r}: no such file")
+def expand(patterns: list[str] | tuple[str, ...]) -> list[str]:
+  """Manifest paths and glob patterns (any Beam file system) -> the files, each pattern's matches sorted.
+
+  Raises ManifestError for a pattern that matches nothing, a missing file or an unknown suffix (the
+  columns are checked when the rows are read).
+  """
+  paths = []
+  for pattern in patterns:
+    if any(c in pattern for c in "*?["):
+      matches = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+      if not matches:
+        raise ManifestError(f"manifest pattern {pattern!r} matches no file")
+    else:
+      if not FileSystems.exists(pattern):
+        raise ManifestError(f"manifest {pattern!r}: no such file")
+      matches = [pattern]
+    for path in matches:
+      if suffix(path) not in MANIFEST_SUFFIXES:
+        raise ManifestError(f"manifest {path!r}: unknown suffix (expected one of {', '.join(MANIFEST_SUFFIXES)})")
+    paths += matches
+  return paths
 
 
 def _resolve(manifest_path: str, media: str) -> str:

@@ -5,7 +5,9 @@
       -> read + decode + resize to 256x256 frames (`lwm_plugin.vision.media`)
       -> batches -> VQGAN encode (the codec is built once per worker, in `DoFn.setup`)
       -> group by shard -> one shard file per group, written atomically, then its done-record
-    then the driver merges every done-record's rejects into `OUT/rejects.jsonl`.
+    then the driver merges every done-record's rejects into `OUT/rejects.jsonl`. While it runs, each encoded
+batch leaves a one-number file in `OUT/_progress/` that the driver sums for its progress line (inputs,
+inputs/s, ETA every 5 s) and removes at the end.
 
 Records are the LWM JSONL lines of `docs/vocabulary.md`, as the vision stages read them (paper Sec. 4.2:
 image-text and video-text pairs in both orders, LWM's modality swap):
@@ -61,6 +63,7 @@ logger = logging.getLogger(__name__)
 FORMATS = ("jsonl", "arrayrecord")
 DEFAULT_FIELDS = ("[caption],vision", "[vision],caption")
 DONE_DIR = "_shards"
+PROGRESS_DIR = "_progress"   # one tiny file per encoded batch, while a run is going
 REJECTS = "rejects.jsonl"
 
 
@@ -205,6 +208,8 @@ class _Encode(beam.DoFn):
     self.codec = self.options.codec_factory()
 
   def process(self, batch: Sequence[tuple[str, mf.MediaInput, Any]]):
+    with FileSystems.create(FileSystems.join(self.options.output, PROGRESS_DIR, f"{uuid.uuid4().hex}.n")) as f:
+      f.write(str(len(batch)).encode())  # for the driver's progress line (a retried bundle counts twice)
     ok = [(item, frames) for status, item, frames in batch if status == "ok"]
     for status, item, reject in batch:
       if status == "reject":
@@ -297,39 +302,49 @@ def build_pipeline(pipeline: beam.Pipeline, manifests: Sequence[str], options: P
 
 
 class _Progress:
-  """Polls the done-records while the pipeline runs: inputs done, inputs/s and ETA, on stderr."""
+  """Counts the workers' per-batch progress files while the pipeline runs; inputs done, inputs/s, ETA."""
 
-  def __init__(self, output: str, total: int, before: set[str], log: Callable[[str], None], period: float = 5.0):
-    self.output, self.total, self.before, self.log, self.period = output, total, before, log, period
+  def __init__(self, output: str, total: int, log: Callable[[str], None], period: float = 5.0):
+    self.output, self.total, self.log, self.period = output, total, log, period
     self.start = time.monotonic()
     self.stop = threading.Event()
     self.thread = threading.Thread(target=self._run, daemon=True)
 
+  def _files(self) -> list[str]:
+    pattern = FileSystems.join(self.output, PROGRESS_DIR, "*.n")
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+
   def done_inputs(self) -> int:
     n = 0
-    for shard in completed_shards(self.output) - self.before:
-      with FileSystems.open(done_path(self.output, shard)) as f:
-        record = json.loads(f.read())
-      n += record["records"] + len(record["rejects"])
+    for path in self._files():
+      with FileSystems.open(path) as f:
+        text = f.read().decode()
+      n += int(text) if text.isdigit() else 0  # a file still being written counts next time
     return n
 
   def line(self) -> str:
-    n, elapsed = self.done_inputs(), time.monotonic() - self.start
+    n, elapsed = min(self.done_inputs(), self.total), time.monotonic() - self.start
     rate = n / elapsed if elapsed > 0 else 0.0
     eta = f"{(self.total - n) / rate:.0f} s" if rate > 0 else "unknown"
-    return f"{n}/{self.total} inputs, {rate:.2f} inputs/s, ETA {eta} (counted per completed shard)"
+    return f"{n}/{self.total} inputs read and encoded, {rate:.2f} inputs/s, ETA {eta}"
 
   def _run(self):
     while not self.stop.wait(self.period):
       self.log(self.line())
 
   def __enter__(self):
+    self.clear()
     self.thread.start()
     return self
 
   def __exit__(self, *exc):
     self.stop.set()
     self.thread.join()
+
+  def clear(self) -> None:
+    files = self._files()
+    if files:
+      FileSystems.delete(files)
 
 
 def merge_rejects(output: str) -> int:
@@ -346,18 +361,19 @@ def merge_rejects(output: str) -> int:
 
 def prepare(manifests: Sequence[str], options: PrepareOptions, beam_args: Sequence[str] = (),
             log: Callable[[str], None] = print) -> PrepareResult:
-  """Runs the pipeline to completion; returns counts. Manifests are checked first (`ManifestError`)."""
-  for path in manifests:
-    mf.check_manifest(path)
+  """Runs the pipeline to completion; returns counts. Manifests (paths or glob patterns) are expanded and
+  checked first (`ManifestError`); their order after expansion numbers them, so reruns must pass the same."""
+  manifests = mf.expand(manifests)
   start = time.monotonic()
   done = completed_shards(options.output) if FileSystems.exists(FileSystems.join(options.output, DONE_DIR)) else set()
   total = count_inputs(manifests, options.shard_size, done)
   log(f"{total} inputs to prepare ({len(done)} shards already complete) -> {options.output} ({options.file_format})")
   if total:
-    with _Progress(options.output, total, done, log) as progress:
+    with _Progress(options.output, total, log) as progress:
       with beam.Pipeline(options=beam_options(beam_args)) as pipeline:
         build_pipeline(pipeline, manifests, options, done)
-    log(progress.line())
+      log(progress.line())
+      progress.clear()
   now = completed_shards(options.output) if total else done
   new = now - done
   records = 0

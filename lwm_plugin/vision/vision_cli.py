@@ -13,8 +13,9 @@ several. `prepare` turns image-text / video-text manifests into sharded LWM reco
 DIR/rejects.jsonl, on Apache Beam: options it does not know (`--runner DataflowRunner --project ...`)
 go to Beam; without a runner it uses the DirectRunner with one process per core.
 
-Everything on the command line but the --fields specs (checked by the data format's own parser, whose
-package imports JAX) is checked before JAX or Beam is imported (`lwm_plugin.vision.commands`
+Everything on the command line but the --fields specs and the manifests' suffixes and columns (checked
+by the data format's parser and the manifest reader, which import JAX and Beam) is checked before JAX or
+Beam is imported (`lwm_plugin.vision.commands`
 does the work): a usage error prints `lwm-vision: error: ...`, exits 2 and writes nothing. An input that
 turns out unreadable while encoding or decoding exits 1 with its name and reason.
 """
@@ -22,13 +23,13 @@ turns out unreadable while encoding or decoding exits 1 with its name and reason
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 PROG = "lwm-vision"
-MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".tar")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,9 +118,7 @@ def _check(args: argparse.Namespace, beam_args: list[str]) -> None:
       raise UsageError(f"--output {args.output!r} exists and is not a directory")
   else:
     for path in args.manifest:
-      if not path.lower().endswith(MANIFEST_SUFFIXES):
-        raise UsageError(f"--manifest {path!r}: unknown suffix (expected one of {', '.join(MANIFEST_SUFFIXES)})")
-      if "://" not in path and not Path(path).is_file():
+      if "://" not in path and not (glob.glob(path) if any(c in path for c in "*?[") else Path(path).is_file()):
         raise UsageError(f"--manifest {path!r}: no such file")
     if "://" not in args.output and Path(args.output).exists() and not Path(args.output).is_dir():
       raise UsageError(f"--output {args.output!r} exists and is not a directory")
