@@ -4,6 +4,7 @@ The VQGAN is a stand-in here (code = mean grey level of a 16x16 patch // 4: 64 c
 codes of the solid-grey inputs are known by hand; the real VQGAN runs in the end-to-end test.
 """
 
+import io
 import json
 import os
 import shutil
@@ -18,9 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import REPO, read_metrics, run_lwm_train, subprocess_env
 from data_loaders import LoaderConfig
 from data_loaders.pipeline import source_stream
+from helpers.vqgan_files import write_random_vqgan
 from lwm_plugin.vision import manifest, prepare
+from lwm_plugin.vision.vqgan_weights import VQGANConfig
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
 
@@ -82,7 +86,6 @@ def inputs(tmp_path_factory):
     def add(name, data):
       info = tarfile.TarInfo(name)
       info.size = len(data)
-      import io  # pylint: disable=import-outside-toplevel
       tar.addfile(info, io.BytesIO(data))
     add("a/000.webp", (_image(d / "w.webp", 50, fmt="WEBP")).read_bytes())
     add("a/000.txt", b"a webp\n")
@@ -221,11 +224,6 @@ def test_beam_options_default_to_the_multiprocess_direct_runner():
 def test_generated_images_and_a_video_train_one_tiny_vision_step(tmp_path, tiny_lwm_data):
   """Item 5 of the issue: media -> `lwm-vision prepare` (CLI, default DirectRunner, a small random VQGAN
   with the tiny vocabulary's 64 codes) -> the Grain loader -> one `tiny_vision_1k.yml` training step."""
-  from helpers.vqgan_files import write_random_vqgan  # pylint: disable=import-outside-toplevel
-  from lwm_plugin.vision.vqgan_weights import VQGANConfig  # pylint: disable=import-outside-toplevel
-
-  from conftest import REPO, read_metrics, run_lwm_train, subprocess_env  # pylint: disable=import-outside-toplevel
-
   write_random_vqgan(tmp_path / "vq", "diffusers", VQGANConfig(block_channels=(8, 8, 8, 8, 8), num_res_blocks=1,
                                                                z_channels=8, num_embeddings=64, embed_dim=8,
                                                                norm_groups=4), seed=1)

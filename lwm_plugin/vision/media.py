@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Sequence
 
 import av
 import numpy as np

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import posixpath
 import shutil
@@ -58,7 +57,6 @@ from data_loaders.vocab import MultimodalVocab
 from lwm_plugin.vision import manifest as mf
 from lwm_plugin.vision import media
 
-logger = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "arrayrecord")
 DEFAULT_FIELDS = ("[caption],vision", "[vision],caption")
