@@ -230,17 +230,17 @@ class VQGANCodec:
     return min(len(self.devices) * (1 << (per_device - 1).bit_length()), self.max_batch)
 
   def _run(self, fn, x: np.ndarray, out_shape: tuple[int, ...], out_dtype) -> np.ndarray:
-    outputs = []
+    """`fn` over `x` in padded chunks; every chunk is dispatched before the first result is fetched."""
+    pending = []
     for start in range(0, x.shape[0], self.max_batch):
       chunk = x[start:start + self.max_batch]
-      padded = self._bucket(chunk.shape[0])
-      if padded > chunk.shape[0]:
-        chunk = np.concatenate([chunk, np.zeros((padded - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)])
-      outputs.append((fn(self._params, jax.device_put(chunk, self._batch_sharding)), min(self.max_batch,
-                                                                                       x.shape[0] - start)))
-    if not outputs:
+      n, padded = chunk.shape[0], self._bucket(chunk.shape[0])
+      if padded > n:
+        chunk = np.concatenate([chunk, np.zeros((padded - n,) + chunk.shape[1:], chunk.dtype)])
+      pending.append((fn(self._params, jax.device_put(chunk, self._batch_sharding)), n))
+    if not pending:
       return np.zeros((0,) + out_shape, out_dtype)
-    return np.concatenate([np.asarray(out)[:n] for out, n in outputs]).astype(out_dtype, copy=False)
+    return np.concatenate([np.asarray(out)[:n] for out, n in pending]).astype(out_dtype, copy=False)
 
   def encode(self, pixels_BxHxWx3: np.ndarray) -> np.ndarray:
     """Float pixels in [-1, 1], [B, H, W, C] (H, W multiples of the downsampling factor; LWM: 256) ->
