@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from helpers.vqgan_files import SMALL, write_random_vqgan
 from lwm_plugin.vision import vqgan_weights as w
-from lwm_plugin.vision.vqgan import VQGANConfig, VQGANModel, nest
+from lwm_plugin.vision.vqgan import VQGANCodec, VQGANConfig, VQGANModel
 
 
 @pytest.mark.parametrize("config", [SMALL, VQGANConfig()], ids=["small", "full"])
@@ -38,7 +38,8 @@ def test_full_size_diffusers_names_and_shapes():
   assert table["quantize.embedding.weight"].shape == (8192, 64)
   assert table["decoder.up_blocks.0.resnets.2.conv2.weight"].diffusers_shape() == (768, 768, 3, 3)
   assert table["decoder.up_blocks.4.resnets.0.conv_shortcut.weight"].diffusers_shape() == (128, 256, 1, 1)
-  assert table["decoder.up_blocks.0.upsamplers.0.conv.weight"].lwm == "decoder/UpsamplingBlock_0/Upsample_0/Conv_0/kernel"
+  upsample = table["decoder.up_blocks.0.upsamplers.0.conv.weight"]
+  assert upsample.lwm == "decoder/UpsamplingBlock_0/Upsample_0/Conv_0/kernel"
   assert table["decoder.conv_out.bias"].lwm == "decoder/Conv_1/bias"
   assert len(table) == 277
 
@@ -131,14 +132,7 @@ def test_diffusers_directory_errors(tmp_path):
 
 
 def _lwm_tree(params):
-  tree = {}
-  for t in w.name_table(SMALL):
-    *parents, leaf = t.lwm.split("/")
-    node = tree
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = params[t.ours]
-  return tree
+  return w.nest({t.lwm: params[t.ours] for t in w.name_table(SMALL)})
 
 
 def test_lwm_file_as_flax_and_jax_pickle_it(tmp_path):
@@ -204,6 +198,9 @@ def test_unpickler_refuses_reduce_payloads_of_real_pickles(tmp_path):
   path.write_bytes(pickle.dumps({"x": _Evil(np._core.multiarray._reconstruct, np.ndarray, (10**12,), b"b")}))
   with pytest.raises(w.VQGANWeightsError, match=r"shape \(1000000000000,\)"):
     w.read_weights(path)
+  path.write_bytes(pickle.dumps({"x": _Evil(np.ndarray, (10**12,))}))   # numpy.ndarray called directly
+  with pytest.raises(w.VQGANWeightsError, match="not a plain pickled params tree"):
+    w.read_weights(path)
   path.write_bytes(pickle.dumps({"x": np.array([object()], dtype=object)}))
   with pytest.raises(w.VQGANWeightsError, match="refusing to load builtins.object"):
     w.read_weights(path)
@@ -233,4 +230,6 @@ def test_writers_refuse_what_their_layout_cannot_hold(tmp_path):
     w.write_diffusers(tmp_path / "d2", SMALL, params)
   assert not (tmp_path / "d2").exists() or not any((tmp_path / "d2").iterdir())
   assert json.loads((tmp_path / "d" / w.CONFIG_FILE).read_text())["mid_block_add_attention"] is False
-  assert nest({"a/b": 1, "a/c": 2}) == {"a": {"b": 1, "c": 2}}
+  with pytest.raises(w.VQGANWeightsError, match="missing 'quant_conv/bias'"):
+    VQGANCodec(SMALL, params)
+  assert w.nest({"a/b": 1, "a/c": 2}) == {"a": {"b": 1, "c": 2}}

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lwm_plugin.vision.vqgan_weights import VQGANConfig, read_weights
+from lwm_plugin.vision.vqgan_weights import VQGANConfig, check_params, nest, read_weights
 
 __all__ = ["VQGANCodec", "VQGANConfig", "VQGANModel", "load_vqgan"]
 
@@ -181,18 +181,6 @@ class VQGANModel(nn.Module):
     return self.decode(self.encode(pixels_BxHxWxC))
 
 
-def nest(flat: dict[str, Any]) -> dict:
-  """{"a/b/c": x} -> {"a": {"b": {"c": x}}} (a Flax params tree)."""
-  tree: dict = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
-
-
 def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
   return tuple(int(i) for i in np.argwhere(mask)[0])
 
@@ -206,6 +194,7 @@ class VQGANCodec:
       raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
     if not (isinstance(max_batch_per_device, int) and max_batch_per_device >= 1):
       raise ValueError(f"max_batch_per_device={max_batch_per_device!r}: expected a positive integer")
+    check_params(config, params)
     self.config = config
     self.dtype = dtype
     self.devices = list(jax.devices() if devices is None else devices)
