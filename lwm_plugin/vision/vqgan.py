@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lwm_plugin.vision.vqgan_weights import VQGANConfig, read_weights
+from lwm_plugin.vision.vqgan_weights import VQGANConfig, check_params, nest, read_weights
 
 __all__ = ["VQGANCodec", "VQGANConfig", "VQGANModel", "load_vqgan"]
 
@@ -181,18 +181,6 @@ class VQGANModel(nn.Module):
     return self.decode(self.encode(pixels_BxHxWxC))
 
 
-def nest(flat: dict[str, Any]) -> dict:
-  """{"a/b/c": x} -> {"a": {"b": {"c": x}}} (a Flax params tree)."""
-  tree: dict = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
-
-
 def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
   return tuple(int(i) for i in np.argwhere(mask)[0])
 
@@ -206,6 +194,7 @@ class VQGANCodec:
       raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
     if not (isinstance(max_batch_per_device, int) and max_batch_per_device >= 1):
       raise ValueError(f"max_batch_per_device={max_batch_per_device!r}: expected a positive integer")
+    check_params(config, params)
     self.config = config
     self.dtype = dtype
     self.devices = list(jax.devices() if devices is None else devices)
@@ -230,17 +219,17 @@ class VQGANCodec:
     return min(len(self.devices) * (1 << (per_device - 1).bit_length()), self.max_batch)
 
   def _run(self, fn, x: np.ndarray, out_shape: tuple[int, ...], out_dtype) -> np.ndarray:
-    outputs = []
+    """`fn` over `x` in padded chunks; every chunk is dispatched before the first result is fetched."""
+    pending = []
     for start in range(0, x.shape[0], self.max_batch):
       chunk = x[start:start + self.max_batch]
-      padded = self._bucket(chunk.shape[0])
-      if padded > chunk.shape[0]:
-        chunk = np.concatenate([chunk, np.zeros((padded - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)])
-      outputs.append((fn(self._params, jax.device_put(chunk, self._batch_sharding)), min(self.max_batch,
-                                                                                       x.shape[0] - start)))
-    if not outputs:
+      n, padded = chunk.shape[0], self._bucket(chunk.shape[0])
+      if padded > n:
+        chunk = np.concatenate([chunk, np.zeros((padded - n,) + chunk.shape[1:], chunk.dtype)])
+      pending.append((fn(self._params, jax.device_put(chunk, self._batch_sharding)), n))
+    if not pending:
       return np.zeros((0,) + out_shape, out_dtype)
-    return np.concatenate([np.asarray(out)[:n] for out, n in outputs]).astype(out_dtype, copy=False)
+    return np.concatenate([np.asarray(out)[:n] for out, n in pending]).astype(out_dtype, copy=False)
 
   def encode(self, pixels_BxHxWx3: np.ndarray) -> np.ndarray:
     """Float pixels in [-1, 1], [B, H, W, C] (H, W multiples of the downsampling factor; LWM: 256) ->

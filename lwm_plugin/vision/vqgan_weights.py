@@ -253,7 +253,8 @@ def read_diffusers(directory: Path) -> tuple[VQGANConfig, dict[str, np.ndarray]]
   directory = Path(directory)
   cfg_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
   if not cfg_path.is_file():
-    hint = " (for an aMUSEd download, pass its vqvae/ directory)" if (directory / "vqvae" / CONFIG_FILE).is_file() else ""
+    amused = (directory / "vqvae" / CONFIG_FILE).is_file()
+    hint = " (for an aMUSEd download, pass its vqvae/ directory)" if amused else ""
     raise VQGANWeightsError(f"{directory}: no {CONFIG_FILE}; not a diffusers VQModel directory{hint}")
   try:
     cfg = json.loads(cfg_path.read_text())
@@ -273,14 +274,28 @@ def read_diffusers(directory: Path) -> tuple[VQGANConfig, dict[str, np.ndarray]]
 def write_diffusers(directory: Path, config: VQGANConfig, params: dict[str, np.ndarray]) -> None:
   """A diffusers VQModel directory (`config.json` + safetensors, float32) from our flat params."""
   directory = Path(directory)
-  tensors = {t.diffusers: t.to_diffusers(np.asarray(params[t.ours], np.float32)) for t in _checked(config, params)}
+  table = check_params(config, params)
+  tensors = {t.diffusers: t.to_diffusers(np.asarray(params[t.ours], np.float32)) for t in table}
   with atomic_path(directory / WEIGHTS_FILE) as tmp:
     save_file(tensors, tmp, metadata={"format": "pt"})
   with atomic_path(directory / CONFIG_FILE) as tmp:
     Path(tmp).write_text(json.dumps(diffusers_config(config), indent=2) + "\n")
 
 
-def _checked(config: VQGANConfig, params: dict[str, np.ndarray]) -> list[TensorName]:
+def nest(flat: dict) -> dict:
+  """{"a/b/c": x} -> {"a": {"b": {"c": x}}} (a Flax params tree)."""
+  tree: dict = {}
+  for path, value in flat.items():
+    *parents, leaf = path.split("/")
+    node = tree
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+def check_params(config: VQGANConfig, params: dict[str, np.ndarray]) -> list[TensorName]:
+  """The name table, after checking that `params` (flat, our names) has exactly its names and shapes."""
   table = name_table(config)
   names = {t.ours for t in table}
   if set(params) != names:
@@ -300,12 +315,23 @@ def _frozen_dict(mapping):
   return dict(mapping)
 
 
+class _NdarrayType:
+  """Stands for `numpy.ndarray` in a pickle: only `_reconstruct` accepts it; calling it is refused."""
+
+
 def _reconstruct(subtype, shape, dtype):
   # numpy pickles an array as an empty one of this form, then fills it with `ndarray.__setstate__` (BUILD),
   # which checks the data against the shape; anything else could allocate an arbitrary size here.
-  if subtype is not np.ndarray or shape != (0,):
+  if subtype is not _NdarrayType or shape != (0,):
     raise pickle.UnpicklingError(f"an array record ({subtype!r}, shape {shape!r}) that numpy does not write")
   return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _dtype(kind, align=False, copy=True):
+  """`numpy.dtype` as numpy pickles it: a type code string (or ml_dtypes' bfloat16), then its BUILD state."""
+  if not (isinstance(kind, str) or kind is ml_dtypes.bfloat16) or not isinstance(align, bool):
+    raise pickle.UnpicklingError(f"a dtype record {kind!r} that numpy does not write")
+  return np.dtype(kind, align=align, copy=copy)
 
 
 def _jax_array(fun, args, arr_state, aval_state):
@@ -320,8 +346,8 @@ def _jax_array(fun, args, arr_state, aval_state):
 _ALLOWED = {
     ("collections", "OrderedDict"): OrderedDict,
     ("flax.core.frozen_dict", "FrozenDict"): _frozen_dict,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): _NdarrayType,
+    ("numpy", "dtype"): _dtype,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,    # numpy 1.x pickles
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,   # numpy 2.x pickles
     ("ml_dtypes", "bfloat16"): ml_dtypes.bfloat16,
@@ -406,13 +432,7 @@ def write_lwm(path: Path, config: VQGANConfig, params: dict[str, np.ndarray]) ->
   """LWM's layout: a pickle of the nested params dict of LWM's Flax `VQGANModel` (plain dicts, float32)."""
   if config.norm_groups != LWM_NORM_GROUPS:
     raise VQGANWeightsError(f"LWM's layout fixes {LWM_NORM_GROUPS} norm groups; this model has {config.norm_groups}")
-  tree: dict = {}
-  for t in _checked(config, params):
-    *parents, leaf = t.lwm.split("/")
-    node = tree
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = np.asarray(params[t.ours], np.float32)
+  tree = nest({t.lwm: np.asarray(params[t.ours], np.float32) for t in check_params(config, params)})
   with atomic_path(path) as tmp:
     Path(tmp).write_bytes(pickle.dumps(tree, protocol=4))
 

@@ -26,14 +26,14 @@ def random_params(config: VQGANConfig, seed: int = 0) -> dict[str, np.ndarray]:
     if t.kind == "kernel":
       fan_in = t.shape[0] * t.shape[1] * t.shape[2]
       scale = 0.3 if t.ours.startswith("decoder/conv_out") else 1.0
-      x = rng.normal(0.0, scale / np.sqrt(fan_in), t.shape)
+      x = rng.standard_normal(t.shape, np.float32) * np.float32(scale / np.sqrt(fan_in))
     elif t.ours.endswith("/scale"):
-      x = rng.uniform(0.5, 1.5, t.shape)
+      x = rng.random(t.shape, np.float32) + np.float32(0.5)
     elif t.ours == "codebook/embedding":
-      x = rng.normal(0.0, 0.5, t.shape)
+      x = rng.standard_normal(t.shape, np.float32) * np.float32(0.5)
     else:
-      x = rng.normal(0.0, 0.1, t.shape)
-    params[t.ours] = x.astype(np.float32)
+      x = rng.standard_normal(t.shape, np.float32) * np.float32(0.1)
+    params[t.ours] = x
   return params
 
 
