@@ -25,6 +25,8 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
         "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
     ("lwm_plugin/evaluation/cli.py", "lwm_plugin.evaluation.needle_run"):
         "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
+    ("lwm_plugin/vision/vision_cli.py", "lwm_plugin.vision.commands"):
+        "JAX and Beam after the command line is checked: --platform sets JAX_PLATFORMS, usage errors stay instant",
 }
 
 

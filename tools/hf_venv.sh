@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Creates (once) and prints the interpreter of .venv-hf/, the Python 3.11 venv with torch (CPU) and
-# transformers that the converter tests use as the Hugging Face reference (requirements/hf-parity.in
-# says why it is separate). Rebuilt when requirements/hf-parity.lock changes. Fails loudly; never skips.
+# Creates (once) and prints the interpreter of .venv-hf/, the Python 3.11 venv with torch (CPU),
+# transformers and diffusers that the converter and VQGAN tests use as the Hugging Face reference
+# (requirements/hf-parity.in says why it is separate). Rebuilt when requirements/hf-parity.lock changes. Fails loudly; never skips.
 # Order for the interpreter: $PYTHON311, python3.11 on PATH, pyenv versions 3.11.*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,14 +35,14 @@ done
 [ -n "$py" ] || fail "no Python 3.11 found (tried \$PYTHON311, python3.11 on PATH, pyenv versions 3.11.*); install one (e.g. 'pyenv install 3.11') or set PYTHON311=/path/to/python3.11"
 
 start=$(date +%s)
-echo "creating $VENV with $py (torch CPU + transformers; once)" >&2
+echo "creating $VENV with $py (torch CPU + transformers + diffusers; once)" >&2
 rm -rf "$VENV"
 "$py" -m venv "$VENV" || fail "'$py -m venv' failed"
 if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --only-binary=:all: -r "$LOCK" >&2; then
   rm -rf "$VENV"
   fail "pip could not install $LOCK (torch==2.13.0+cpu comes from pip's configured find-links, e.g. /opt/wheels)"
 fi
-"$VENV/bin/python" -c 'import torch, transformers, safetensors' || { rm -rf "$VENV"; fail "the installed packages do not import"; }
+"$VENV/bin/python" -c 'import torch, transformers, safetensors, diffusers' || { rm -rf "$VENV"; fail "the installed packages do not import"; }
 echo "$want" > "$STAMP"
 echo "$VENV ready in $(( $(date +%s) - start )) s" >&2
 echo "$PWD/$VENV/bin/python"
