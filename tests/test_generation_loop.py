@@ -128,3 +128,19 @@ def test_vision_generation_needs_codes():
   with pytest.raises(ValueError, match="code_mask_V"):
     loop.generate_vision(ToyDecoder(_chain_bigram()), [[1, 2]], np.array([1, 1]), schedule=np.array([CODE]),
                          code_mask_V=np.zeros(V, bool), cfg_scale=1.0)
+
+
+def test_prompts_are_decoded_in_batches_of_the_decode_batch():
+  decoder = ToyDecoder(_chain_bigram(), batch_multiple=2)
+  out = loop.generate_text(decoder, [[1, k] for k in range(5)], max_new_tokens=2)
+  assert [g.new_ids.tolist() for g in out] == [[(k + 1) % V, (k + 2) % V] for k in range(5)]
+  assert [len(p) for p in decoder.prefills] == [2, 2, 1]
+  codes = np.zeros(V, bool)
+  codes[2:6] = True
+  decoder = ToyDecoder(np.zeros((V, V), np.float32), batch_multiple=4)
+  loop.generate_vision(decoder, [[1, 0]] * 3, np.array([1, 1]), schedule=np.array([CODE]), code_mask_V=codes,
+                       cfg_scale=2.0)
+  assert [len(p) for p in decoder.prefills] == [4, 2]  # two prompts and their two unconditional rows, then one
+  with pytest.raises(ValueError, match="guidance needs a decode batch of at least 2 rows"):
+    loop.generate_vision(ToyDecoder(np.zeros((V, V)), batch_multiple=1), [[1, 0]], np.array([1, 1]),
+                         schedule=np.array([CODE]), code_mask_V=codes, cfg_scale=2.0)

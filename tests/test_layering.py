@@ -25,6 +25,8 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
         "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
     ("lwm_plugin/evaluation/cli.py", "lwm_plugin.evaluation.needle_run"):
         "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
+    ("lwm_plugin/generation/generate_cli.py", "lwm_plugin.generation.engine"):
+        "MaxText and JAX fix the platform on import: the CLI checks its arguments and reads `hardware` first",
 }
 
 

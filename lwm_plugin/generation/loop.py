@@ -14,9 +14,10 @@ which token (`lwm_plugin.generation.sampling`) and when a row is done:
                      position by position, whether a VQGAN code is drawn or `<eof>`/`<eov>` is forced,
                      so the output is always F whole frames.
 
-Timing per prompt: `prefill_s` is the batch's prefill (prompts are prefilled together), `decode_s`
-the time from the end of the prefill to the row's last token, `new_tokens` the tokens it produced.
-The decoder's rows may be padded (to its `batch_multiple`); padding rows are fed id 0 and ignored.
+Prompts are decoded in batches of the decoder's `batch_multiple` rows (its decode batch; with
+guidance, half as many prompts), each batch prefilled once; rows a batch does not fill are padding,
+fed id 0 and ignored. Timing per prompt: `prefill_s` is its batch's prefill, `decode_s` the time from
+the end of that prefill to the row's last token, `new_tokens` the tokens it produced.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class DecodeState(Protocol):
 class Decoder(Protocol):
   """A prefill-once, one-token-per-step decoder (`inference.CachedDecoder`)."""
   max_length: int       # prompt + generated tokens of a row, at most
-  batch_multiple: int   # rows are padded to a multiple of this
+  batch_multiple: int   # the decode batch: a prefill takes at most this many prompts and returns this many rows
   vocab_size: int
 
   def prefill(self, prompts: Sequence[np.ndarray]) -> DecodeState: ...
@@ -84,18 +85,22 @@ def _check_prompts(decoder: Decoder, prompts: Sequence[np.ndarray], steps: int) 
   return prompts
 
 
+def _batches(prompts: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
+  return [prompts[i:i + size] for i in range(0, len(prompts), size)]
+
+
 def _run(decoder: Decoder, rows: list[np.ndarray], n: int, steps: int, *, sampling: Sampling,
-         allowed_at: Callable[[int], np.ndarray], combine: Callable[[jax.Array], jax.Array],
+         allowed_at: Callable[[int], np.ndarray], cfg_scale: float | None,
          stop_ids: Sequence[int]) -> list[tuple[list[int], float, float]]:
-  """Prefill `rows`, then up to `steps` tokens for the first `n` outputs; rows n.. are guidance rows fed
-  the same ids as rows 0..n-1 (`len(rows)` is n or 2n). Returns (new ids, prefill_s, decode_s) per output."""
+  """Prefill `rows`, then up to `steps` tokens for the first `n` outputs. With `cfg_scale`, rows n..2n-1
+  are the unconditional rows of rows 0..n-1, fed the same ids. Returns (new ids, prefill_s, decode_s) per output."""
   start = time.perf_counter()
   state = decoder.prefill(rows)
   jax.block_until_ready(state.logits_BxV)
   prefill_s = time.perf_counter() - start
   padded = state.logits_BxV.shape[0]
-  if padded < len(rows):
-    raise ValueError(f"the decoder returned {padded} logit rows for {len(rows)} prompts")
+  if padded != decoder.batch_multiple:
+    raise ValueError(f"the decoder returned {padded} logit rows, not its batch_multiple {decoder.batch_multiple}")
   stops = np.asarray(sorted(set(int(s) for s in stop_ids)), np.int32)
   out: list[list[int]] = [[] for _ in range(n)]
   done = np.zeros(n, bool)
@@ -104,7 +109,9 @@ def _run(decoder: Decoder, rows: list[np.ndarray], n: int, steps: int, *, sampli
   for t in range(steps):
     allowed_nxV = np.broadcast_to(allowed_at(t), (n, decoder.vocab_size))
     sampling_lib.check_allowed(allowed_nxV)
-    logits_nxV = combine(jnp.asarray(state.logits_BxV)[:len(rows)])
+    logits_RxV = jnp.asarray(state.logits_BxV)[:len(rows)]
+    logits_nxV = logits_RxV if cfg_scale is None else sampling_lib.guided_logits(logits_RxV[:n], logits_RxV[n:],
+                                                                                 cfg_scale)
     ids_n = np.asarray(sampling_lib.sample(logits_nxV, allowed_nxV, sampling_lib.step_key(sampling.seed, t), sampling))
     now = time.perf_counter()
     for i in np.flatnonzero(~done):
@@ -128,8 +135,10 @@ def generate_text(decoder: Decoder, prompts: Sequence[np.ndarray], *, max_new_to
   allowed_V = np.ones(decoder.vocab_size, bool) if allowed_V is None else np.asarray(allowed_V, bool)
   if allowed_V.shape != (decoder.vocab_size,):
     raise ValueError(f"allowed_V has shape {allowed_V.shape}, expected ({decoder.vocab_size},)")
-  runs = _run(decoder, prompts, len(prompts), max_new_tokens, sampling=sampling, allowed_at=lambda t: allowed_V,
-              combine=lambda logits: logits, stop_ids=stop_ids)
+  runs = []
+  for batch in _batches(prompts, decoder.batch_multiple):
+    runs += _run(decoder, batch, len(batch), max_new_tokens, sampling=sampling, allowed_at=lambda t: allowed_V,
+                 cfg_scale=None, stop_ids=stop_ids)
   return [Generation(p, np.asarray(ids, np.int32), pre, dec) for p, (ids, pre, dec) in zip(prompts, runs)]
 
 
@@ -145,7 +154,9 @@ def generate_vision(decoder: Decoder, prompts: Sequence[np.ndarray], uncondition
   code_mask_V = np.asarray(code_mask_V, bool)
   if code_mask_V.shape != (decoder.vocab_size,) or not code_mask_V.any():
     raise ValueError(f"code_mask_V must be a non-empty bool mask of shape ({decoder.vocab_size},)")
-  n = len(prompts)
+  if decoder.batch_multiple < 2:
+    raise ValueError(f"guidance needs a decode batch of at least 2 rows (a conditional and an unconditional one); "
+                     f"the decoder has {decoder.batch_multiple} (per_device_batch_size x devices)")
 
   def allowed_at(t: int) -> np.ndarray:
     if schedule[t] == CODE:
@@ -154,9 +165,9 @@ def generate_vision(decoder: Decoder, prompts: Sequence[np.ndarray], uncondition
     forced_V[schedule[t]] = True
     return forced_V
 
-  def combine(logits_2nxV: jax.Array) -> jax.Array:
-    return sampling_lib.guided_logits(logits_2nxV[:n], logits_2nxV[n:], cfg_scale)
-
-  rows = [*prompts, *([np.asarray(unconditional, np.int32)] * n)]
-  runs = _run(decoder, rows, n, len(schedule), sampling=sampling, allowed_at=allowed_at, combine=combine, stop_ids=())
+  runs = []
+  for batch in _batches(prompts, decoder.batch_multiple // 2):
+    rows = [*batch, *([np.asarray(unconditional, np.int32)] * len(batch))]
+    runs += _run(decoder, rows, len(batch), len(schedule), sampling=sampling, allowed_at=allowed_at,
+                 cfg_scale=cfg_scale, stop_ids=())
   return [Generation(p, np.asarray(ids, np.int32), pre, dec) for p, (ids, pre, dec) in zip(prompts, runs)]

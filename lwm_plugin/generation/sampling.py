@@ -17,38 +17,21 @@ depend on the order of the vocabulary:
             steps never share randomness; the rows of a batch draw independently from that key.
 
 Greedy never reads the key; top-k/top-p do not change a greedy choice (the argmax always survives).
+The settings (`Sampling`) live in `sampling_params`, which imports no JAX, so a command line can check
+them before it picks the JAX platform.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lwm_plugin.generation.sampling_params import Sampling
 
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-  """How to pick a token. Hashable, so it is a static argument of the jitted `sample`."""
-  temperature: float = 0.0      # 0: greedy
-  top_k: int | None = None      # None: no top-k
-  top_p: float | None = None    # None (or 1.0): no nucleus cut
-  seed: int = 0
-
-  def __post_init__(self):
-    if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
-      raise ValueError(f"temperature {self.temperature}: expected a finite number >= 0 (0 is greedy)")
-    if self.top_k is not None and self.top_k < 1:
-      raise ValueError(f"top_k {self.top_k}: expected an int >= 1")
-    if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p {self.top_p}: expected a number in (0, 1]")
-
-  @property
-  def greedy(self) -> bool:
-    return self.temperature == 0.0
+__all__ = ["Sampling", "check_allowed", "filtered_logits", "guided_logits", "sample", "step_key"]
 
 
 def step_key(seed: int, step: int) -> jax.Array:

@@ -3,7 +3,8 @@
 The logits of a row are `bigram[last id] + prompt_bias[prompt[1]]`: a bigram table plus a bias chosen
 by the prompt's second id (its first after `<s>`), so a conditional and an unconditional prompt that
 end in the same token still have different logits, as a real model's do. It records every prefill and
-every fed id, and checks what the real decoder checks (rows padded to `batch_multiple`, `max_length`).
+every fed id, and checks what the real decoder checks (at most `batch_multiple` prompts, that many rows
+out, `max_length`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class ToyDecoder:
   """Implements the `lwm_plugin.generation.loop.Decoder` protocol in numpy."""
 
   def __init__(self, bigram_VxV: np.ndarray, prompt_bias_VxV: np.ndarray | None = None, *, max_length: int = 64,
-               batch_multiple: int = 1):
+               batch_multiple: int = 4):
     self.bigram = np.asarray(bigram_VxV, np.float32)
     self.vocab_size = self.bigram.shape[0]
     self.prompt_bias = (np.zeros_like(self.bigram) if prompt_bias_VxV is None
@@ -37,8 +38,9 @@ class ToyDecoder:
 
   def prefill(self, prompts):
     prompts = [np.asarray(p) for p in prompts]
+    assert 0 < len(prompts) <= self.batch_multiple, "a prefill takes 1 to batch_multiple prompts"
     self.prefills.append(prompts)
-    rows = -(-len(prompts) // self.batch_multiple) * self.batch_multiple
+    rows = self.batch_multiple
     last = np.zeros(rows, np.int64)
     bias = np.zeros((rows, self.vocab_size), np.float32)
     length = np.zeros(rows, np.int64)
