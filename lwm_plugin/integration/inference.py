@@ -1,17 +1,27 @@
-"""A MaxText model outside the training loop: build it, load a checkpoint, decode greedily.
+"""A MaxText model outside the training loop: build it, load a checkpoint, decode with its KV cache.
 
-Used by `lwm-eval`. The model is built by MaxText (`model_creation_utils.from_pretrained`, which
-loads `load_parameters_path` through the training path's params-only loader, so a missing or
-mis-shaped weight is an error). Prefill is the model's train-mode forward over the whole prompt:
-with `attention: ring` and `ici_context_parallelism > 1` the prompt is sharded over the context
-axis and attended by ring attention, as in training. Decoding recomputes that forward for every
-new token (no KV cache): exact, simple, and cheap enough for short answers such as needle numbers.
-Prompts are right-padded to one bucket length with segment id 0, so a batch compiles once and
-padding never reaches a real token (causal and segment masks).
+The model is built by MaxText (`model_creation_utils.from_pretrained`, which loads
+`load_parameters_path` through the training path's params-only loader, so a missing or mis-shaped
+weight is an error).
+
+* `CachedDecoder` (the product path) runs MaxText's own inference modes, as `maxengine` does:
+  `prefill` is the model in `model_mode=prefill` over a batch of right-padded prompts, which fills
+  MaxText's `KVCache` (with `attention: ring`: ring attention over the context axis, the cache split
+  over it, S / N tokens per device); `step` is `model_mode=autoregressive` on one new token per row,
+  attending the cache in place (`integration.attention`). Each call returns the float32 logits of
+  the next token, so sampling and stop rules live with the caller; per step only B ids go in and
+  B x V logits come out. `greedy` is the argmax loop on top.
+* `GreedyDecoder` recomputes the train-mode forward over the whole sequence for every new token (no
+  cache): exact and simple, kept as the reference the cache path is tested against and for
+  `lwm-eval` until it moves to `CachedDecoder`.
+
+Prompts are right-padded with segment id 0, so padding never reaches a real token (causal and
+segment masks; in decode, MaxText shows a cached token iff its segment id is 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -20,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from flax.linen import partitioning as nn_partitioning
+from maxtext.common.common_types import MODEL_MODE_AUTOREGRESSIVE, MODEL_MODE_PREFILL
 from maxtext.configs import pyconfig
 from maxtext.utils import model_creation_utils
 
@@ -85,3 +96,149 @@ class GreedyDecoder:
         if done.all():
           break
     return [np.asarray(o, np.int32) for o in out]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeState:
+  """Where a batch of generations stands. `logits_BxV`: float32 logits of each row's next token (rows past
+  `num_prompts` are padding); `lengths_B`: tokens so far per row (prompt + generated); `steps`: tokens
+  generated so far; `cache`: MaxText's KV cache on the devices (opaque; `step` consumes it)."""
+
+  logits_BxV: np.ndarray
+  lengths_B: np.ndarray
+  steps: int
+  num_prompts: int
+  cache: Any = dataclasses.field(repr=False)
+
+
+class CachedDecoder:
+  """A checkpointed MaxText model decoding with its KV cache (the seam must be installed).
+
+  Sizes come from the config: `max_prefill_predict_length` is the longest prompt, `max_target_length`
+  minus it the most new tokens (MaxText's two caches), the batch is MaxText's decode batch
+  (`per_device_batch_size` x devices). Prompts are padded to a multiple of `bucket` (and of the
+  context parallelism), so each bucket compiles once.
+  """
+
+  def __init__(self, config: Any, *, bucket: int = 256):
+    if not config.load_parameters_path:
+      raise ValueError("CachedDecoder needs load_parameters_path (a checkpoint's .../<step>/items directory)")
+    cp = max(1, config.ici_context_parallelism * config.dcn_context_parallelism)
+    self.max_prompt_length = int(config.max_prefill_predict_length)
+    self.max_length = int(config.max_target_length)
+    self.max_new_tokens = self.max_length - self.max_prompt_length
+    if self.max_new_tokens <= 0 or self.max_prompt_length % cp or self.max_new_tokens % cp:
+      raise ValueError(f"CachedDecoder needs max_prefill_predict_length ({self.max_prompt_length}) and "
+                       f"max_target_length - max_prefill_predict_length ({self.max_new_tokens}, the new tokens) "
+                       f"positive multiples of the context parallelism ({cp}): each cache is split over it")
+    self.config = config
+    self.vocab_size = int(config.vocab_size)
+    self._bucket = min(math.lcm(bucket, cp), self.max_prompt_length)
+    model, self.mesh = model_creation_utils.from_pretrained(config, model_mode=MODEL_MODE_AUTOREGRESSIVE)
+    self._graphdef, self._params, cache, self._rest = nnx.split(model, nnx.Param, nnx.Cache, ...)
+    self._cache_template = cache
+    self._empty_cache = nnx.to_pure_dict(cache)  # the caches cross jit as plain dicts (their metadata changes)
+    self.batch_multiple = int(config.micro_batch_size_to_train_on)  # the caches' batch: every call has these rows
+    cache_shardings = jax.tree.map(lambda x: x.sharding, self._empty_cache)
+    self._prefill = jax.jit(self._prefill_logits, out_shardings=(None, cache_shardings))
+    self._step = jax.jit(self._step_logits, out_shardings=(None, cache_shardings), donate_argnums=(1,))
+
+  def _run(self, params, cache, tokens_BxS, positions_BxS, segments_BxS, mode):
+    cache_state = jax.tree.map(lambda x: x, self._cache_template)
+    nnx.replace_by_pure_dict(cache_state, cache)
+    model = nnx.merge(self._graphdef, params, cache_state, self._rest, copy=True)
+    logits_BxSxV = model(decoder_input_tokens=tokens_BxS, decoder_positions=positions_BxS,
+                         decoder_segment_ids=segments_BxS, enable_dropout=False, model_mode=mode)
+    return logits_BxSxV, nnx.to_pure_dict(nnx.state(model, nnx.Cache))
+
+  def _prefill_logits(self, params, cache, tokens_BxS, segments_BxS, last_B):
+    positions_BxS = jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1], dtype=jnp.int32), tokens_BxS.shape)
+    logits_BxSxV, cache = self._run(params, cache, tokens_BxS, positions_BxS, segments_BxS, MODEL_MODE_PREFILL)
+    return jnp.take_along_axis(logits_BxSxV, last_B[:, None, None], axis=1)[:, 0].astype(jnp.float32), cache
+
+  def _step_logits(self, params, cache, ids_B, positions_B):
+    logits_Bx1xV, cache = self._run(params, cache, ids_B[:, None], positions_B[:, None], None, MODEL_MODE_AUTOREGRESSIVE)
+    return logits_Bx1xV[:, 0].astype(jnp.float32), cache
+
+  def _context(self):
+    return _Scope(self.mesh, self.config.logical_axis_rules)
+
+  def prefill(self, prompts: Sequence[np.ndarray]) -> DecodeState:
+    """Runs the prompts (1-D token arrays, up to `batch_multiple`, each 1..max_prompt_length tokens) into a
+    fresh cache; the state's logits are those of each prompt's next token."""
+    n = len(prompts)
+    if not 0 < n <= self.batch_multiple:
+      raise ValueError(f"prefill takes 1 to {self.batch_multiple} prompts (the decode batch: per_device_batch_size "
+                       f"x devices), got {n}")
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    if lengths.min() < 1 or lengths.max() > self.max_prompt_length:
+      raise ValueError(f"prompt lengths must be 1..{self.max_prompt_length} (max_prefill_predict_length), got "
+                       f"{lengths.min()}..{lengths.max()}")
+    length = -(-int(lengths.max()) // self._bucket) * self._bucket
+    tokens = np.zeros((self.batch_multiple, length), np.int32)
+    segments = np.zeros((self.batch_multiple, length), np.int32)
+    for i, p in enumerate(prompts):
+      tokens[i, :len(p)], segments[i, :len(p)] = p, 1
+    rows_lengths = np.ones(self.batch_multiple, np.int32)  # padding rows: one (invisible) token, decoding junk
+    rows_lengths[:n] = lengths
+    with self._context():
+      logits, cache = self._prefill(self._params, self._empty_cache, tokens, segments, rows_lengths - 1)
+    return DecodeState(np.asarray(logits), rows_lengths, 0, n, cache)
+
+  def step(self, state: DecodeState, next_ids_B: np.ndarray) -> DecodeState:
+    """Appends one token per row (`next_ids_B`: `num_prompts` or `batch_multiple` ids) and returns the next
+    logits. The state passed in is consumed (its cache is donated)."""
+    if state.steps >= self.max_new_tokens:
+      raise ValueError(f"the cache holds {self.max_new_tokens} new tokens (max_target_length - "
+                       f"max_prefill_predict_length); all are used")
+    ids = np.zeros(self.batch_multiple, np.int32)
+    next_ids_B = np.asarray(next_ids_B, np.int32).reshape(-1)
+    if len(next_ids_B) not in (state.num_prompts, self.batch_multiple):
+      raise ValueError(f"step needs one id per prompt ({state.num_prompts}) or per row ({self.batch_multiple}), "
+                       f"got {len(next_ids_B)}")
+    ids[:len(next_ids_B)] = next_ids_B
+    with self._context():
+      logits, cache = self._step(self._params, state.cache, ids, state.lengths_B)
+    return DecodeState(np.asarray(logits), state.lengths_B + 1, state.steps + 1, state.num_prompts, cache)
+
+
+class _Scope:
+  """The mesh and logical axis rules MaxText's layers resolve shardings against, as one context manager."""
+
+  def __init__(self, mesh, rules):
+    self._mesh, self._rules = mesh, rules
+    self._stack: list[Any] = []
+
+  def __enter__(self):
+    for ctx in (jax.set_mesh(self._mesh), nn_partitioning.axis_rules(self._rules)):
+      ctx.__enter__()
+      self._stack.append(ctx)
+    return self
+
+  def __exit__(self, *exc):
+    while self._stack:
+      self._stack.pop().__exit__(*exc)
+
+
+def greedy(decoder: CachedDecoder, prompts: Sequence[np.ndarray], max_new_tokens: int, *, stop_ids: Sequence[int] = (),
+           allowed_ids: np.ndarray | None = None) -> list[np.ndarray]:
+  """Greedy new tokens for each prompt through the KV cache (stopping after a stop id), in batches of
+  `decoder.batch_multiple`; `allowed_ids` restricts the argmax (e.g. to text ids)."""
+  allowed = np.ones(decoder.vocab_size, bool) if allowed_ids is None else np.isin(
+      np.arange(decoder.vocab_size), allowed_ids)
+  outs: list[np.ndarray] = []
+  for start in range(0, len(prompts), decoder.batch_multiple):
+    batch = prompts[start:start + decoder.batch_multiple]
+    state = decoder.prefill(batch)
+    new: list[list[int]] = [[] for _ in batch]
+    done = np.zeros(len(batch), bool)
+    for t in range(max_new_tokens):
+      nxt = np.argmax(np.where(allowed, state.logits_BxV[:len(batch)], -np.inf), axis=-1).astype(np.int32)
+      for i in np.flatnonzero(~done):
+        new[i].append(int(nxt[i]))
+        done[i] = nxt[i] in stop_ids
+      if done.all() or t == max_new_tokens - 1:
+        break
+      state = decoder.step(state, nxt)
+    outs.extend(np.asarray(o, np.int32) for o in new)
+  return outs
