@@ -24,7 +24,8 @@ HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_mode
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-  """A checked `--model`: a Hugging Face directory to import (`is_hf`), or a MaxText items directory."""
+  """A checked `--model` (an absolute path): a Hugging Face directory to import (`is_hf`), or a MaxText items
+  directory."""
   path: Path
   is_hf: bool
 
@@ -40,15 +41,16 @@ def locate_model(model: str) -> ModelSource:
     if not isinstance(config, dict) or not any((path / name).is_file() for name in HF_WEIGHTS):
       raise UsageError(f"--model {model}: a Hugging Face directory needs a config.json object and weights "
                        f"({' or '.join(HF_WEIGHTS)})")
-    return ModelSource(path, True)
+    return ModelSource(path.resolve(), True)
   if path.name != "items" and (path / "items").is_dir():
     path = path / "items"
   if not path.is_dir():
     raise UsageError(f"--model {model}: neither a MaxText checkpoint items directory nor a Hugging Face directory "
                      "(no config.json)")
-  return ModelSource(path, False)
+  return ModelSource(path.resolve(), False)
 
 
 def imported_items(import_dir: Path) -> Path:
-  """The MaxText items directory a Hugging Face model is imported into under `import_dir`."""
-  return import_dir / "0" / "items"
+  """The MaxText items directory (absolute, as MaxText's loader requires) a Hugging Face model is imported
+  into under `import_dir`."""
+  return import_dir.resolve() / "0" / "items"
