@@ -9,6 +9,7 @@ the same token ids. Slow (several MaxText compiles, about a minute or two on 2 c
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import jax
@@ -51,19 +52,14 @@ def fixture_work(tiny_lwm_data):
 @pytest.fixture(name="reference", scope="module")
 def fixture_reference(work):
   """(the vocabulary, the full-forward decoder) of the model lwm-generate imported into imp/."""
-  import os  # pylint: disable=import-outside-toplevel
-
-  cwd = os.getcwd()
-  os.chdir(work)
-  try:
+  with contextlib.chdir(work):
     assert generate_cli.main(["--config", CONFIG, "--model", "hf", "--import-dir", "imp", "--prompt", "hello",
                               "--max-new-tokens", "1"]) == 0
     integration.install()
-    config = inference.load_config(["test", resolve_config_file(CONFIG), "run_name=reference", "enable_checkpointing=false",
+    config = inference.load_config(["test", resolve_config_file(CONFIG), "run_name=reference",
+                                    "enable_checkpointing=false",
                                     f"load_parameters_path={work / 'imp' / '0' / 'items'}", SHORT])
     decoder = FullForwardDecoder(config)
-  finally:
-    os.chdir(cwd)
   vocab = MultimodalVocab.from_tokenizer(work / "tiny_lwm_data" / "tokenizer.model", codebook_size=64)
   return vocab, decoder
 

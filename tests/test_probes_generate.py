@@ -67,7 +67,8 @@ def test_model_that_does_not_exist(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("extra, keep, message", [
     ([], [], "nothing to do: give --prompt, --prompt-file, --interactive, --vision-codes or --generate"),
-    (["--prompt", "a", "--prompt-file", "p.txt"], [("p.txt", _write("b\n"))], "give prompts with --prompt or --prompt-file, not both"),
+    (["--prompt", "a", "--prompt-file", "p.txt"], [("p.txt", _write("b\n"))],
+     "give prompts with --prompt or --prompt-file, not both"),
     (["--prompt-file", "p.txt"], [], "--prompt-file p.txt: not a readable UTF-8 text file"),
     (["--prompt-file", "p.txt"], [("p.txt", _write("one\n\nthree\n"))], "--prompt-file p.txt:2: empty line"),
     (["--prompt-file", "p.txt"], [("p.txt", _write(""))], "--prompt-file p.txt: no prompt"),

@@ -12,8 +12,9 @@ The prompt is processed with the config's attention (ring attention over the con
 `attention: ring`), answers are decoded greedily over the text ids with the KV-cache decoder.
 `--haystack FILE` takes the filler from any plain UTF-8 text (e.g. a PG19 book; `.jsonl`: LWM's
 lines `{"text": ...}`) instead of the synthetic corpus; `--prompt-format lwm` builds LWM's own needle
-prompts (`lwm_plugin.evaluation.needle`), for Fig. 5 / Table 3 on a converted LWM-Text-Chat-1M. Writes `DIR/needle_<task>.json`
-(every trial) and `DIR/needle_<task>.png` (the heatmap); prints the accuracy table.
+prompts (`lwm_plugin.evaluation.needle`), for Fig. 5 / Table 3 on a converted LWM-Text-Chat-1M.
+Writes `DIR/needle_<task>.json` (every trial) and `DIR/needle_<task>.png` (the heatmap); prints
+the accuracy table.
 
 Before any work it checks the model path, the grid, every context length plus the answer budget
 against the model's `max_target_length`, the resolved config, the vocabulary and every prompt
