@@ -7,7 +7,7 @@ LOCK      := requirements/test.lock
 STAMP     := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean-venv hf-venv check-configs
+.PHONY: setup test test-slow demo clean-venv hf-venv check-configs
 
 setup: $(STAMP)
 
@@ -24,8 +24,13 @@ $(STAMP): $(LOCK) pyproject.toml
 	touch $(STAMP); \
 	echo "$(VENV) ready"
 
+# `make test`: everything but the tests marked slow (MaxText end to end, big compiles); `make test-slow`:
+# those. CI (.ci/run) runs both.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m lwm_plugin.demo
