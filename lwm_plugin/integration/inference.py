@@ -21,6 +21,7 @@ segment masks; in decode, MaxText shows a cached token iff its segment id is 1).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -55,13 +56,30 @@ class GreedyDecoder:
     batch_axes = ("data", "fsdp", "fsdp_transpose", "expert")
     self._batch_multiple = int(np.prod([self.mesh.shape.get(a, 1) for a in batch_axes]))
     self._step = jax.jit(self._logits_at)
+    self._full = jax.jit(self._forward)
+
+  def _forward(self, state, tokens_BxS, positions_BxS, segments_BxS):
+    model = nnx.merge(self._graphdef, state)
+    return model(decoder_input_tokens=tokens_BxS, decoder_positions=positions_BxS, decoder_segment_ids=segments_BxS,
+                 enable_dropout=False)
 
   def _logits_at(self, state, tokens_BxS, positions_BxS, segments_BxS, index_B, allowed_V):
-    model = nnx.merge(self._graphdef, state)
-    logits_BxSxV = model(decoder_input_tokens=tokens_BxS, decoder_positions=positions_BxS,
-                         decoder_segment_ids=segments_BxS, enable_dropout=False)
+    logits_BxSxV = self._forward(state, tokens_BxS, positions_BxS, segments_BxS)
     logits_BxV = jnp.take_along_axis(logits_BxSxV, index_B[:, None, None], axis=1)[:, 0].astype(jnp.float32)
     return jnp.argmax(jnp.where(allowed_V, logits_BxV, -jnp.inf), axis=-1)
+
+  def logits(self, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The float32 logits [len, V] of one full forward over each sequence (position i: the next token after
+    i + 1 tokens); the teacher-forced reference for a cached decode of the same tokens."""
+    rows = -(-len(sequences) // self._batch_multiple) * self._batch_multiple
+    length = -(-max(len(s) for s in sequences) // self._bucket) * self._bucket
+    tokens, segments = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
+    for i, seq in enumerate(sequences):
+      tokens[i, :len(seq)], segments[i, :len(seq)] = seq, 1
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length))
+    with jax.set_mesh(self.mesh), nn_partitioning.axis_rules(self.config.logical_axis_rules):
+      out = np.asarray(self._full(self._state, tokens, positions, segments), np.float32)
+    return [out[i, :len(seq)] for i, seq in enumerate(sequences)]
 
   def generate(self, prompts: Sequence[np.ndarray], max_new_tokens: int, *, stop_ids: Sequence[int] = (),
                allowed_ids: np.ndarray | None = None) -> list[np.ndarray]:
@@ -160,8 +178,11 @@ class CachedDecoder:
     logits_Bx1xV, cache = self._run(params, cache, ids_B[:, None], positions_B[:, None], None, MODEL_MODE_AUTOREGRESSIVE)
     return logits_Bx1xV[:, 0].astype(jnp.float32), cache
 
+  @contextlib.contextmanager
   def _context(self):
-    return _Scope(self.mesh, self.config.logical_axis_rules)
+    """The mesh and logical axis rules MaxText's layers resolve shardings against."""
+    with jax.set_mesh(self.mesh), nn_partitioning.axis_rules(self.config.logical_axis_rules):
+      yield
 
   def prefill(self, prompts: Sequence[np.ndarray]) -> DecodeState:
     """Runs the prompts (1-D token arrays, up to `batch_multiple`, each 1..max_prompt_length tokens) into a
@@ -200,24 +221,6 @@ class CachedDecoder:
     with self._context():
       logits, cache = self._step(self._params, state.cache, ids, state.lengths_B)
     return DecodeState(np.asarray(logits), state.lengths_B + 1, state.steps + 1, state.num_prompts, cache)
-
-
-class _Scope:
-  """The mesh and logical axis rules MaxText's layers resolve shardings against, as one context manager."""
-
-  def __init__(self, mesh, rules):
-    self._mesh, self._rules = mesh, rules
-    self._stack: list[Any] = []
-
-  def __enter__(self):
-    for ctx in (jax.set_mesh(self._mesh), nn_partitioning.axis_rules(self._rules)):
-      ctx.__enter__()
-      self._stack.append(ctx)
-    return self
-
-  def __exit__(self, *exc):
-    while self._stack:
-      self._stack.pop().__exit__(*exc)
 
 
 def greedy(decoder: CachedDecoder, prompts: Sequence[np.ndarray], max_new_tokens: int, *, stop_ids: Sequence[int] = (),
