@@ -191,6 +191,20 @@ USED_TABLE: tuple[Used, ...] = (
         reason="CachedDecoder calls the model by keyword in model_mode prefill and autoregressive, as maxengine does",
         remove_when="MaxText exposes a public inference engine that takes a model config (maxengine needs JetStream)",
     ),
+    Used(
+        target="maxtext.trainers.pre_train.train_compile:get_topology_mesh",
+        params=("config",),
+        reason="the decode --check (integration/aot_decode.py) compiles for the same TPU topology mesh as "
+               "`lwm-train --check` (MaxText's train_compile)",
+        remove_when="MaxText has an AOT entry point for its inference programs",
+    ),
+    Used(
+        target="maxtext.utils.model_creation_utils:create_nnx_abstract_model",
+        params=("config", "mesh", "devices", "model_mode", "rng_key", "quant_mode_str"),
+        reason="the decode --check compiles an abstract model with the KV caches of model_mode autoregressive "
+               "(no weights read)",
+        remove_when="MaxText has an AOT entry point for its inference programs",
+    ),
 )
 
 # The converters (conversion/, through lwm_plugin.checkpoints) reuse two MaxText pieces so that our

@@ -48,9 +48,10 @@ def main():
   state = decoder.prefill(prompts)
   key = _cache_leaf(state.cache, "cached_prefill_key")
   out = {"prefill_cache_shape": np.array(key.shape), "prefill_cache_shard": np.array(key.addressable_shards[0].data.shape)}
+  programs = decoder._programs  # pylint: disable=protected-access
   with decoder._context():  # pylint: disable=protected-access
-    hlo = decoder._step.lower(decoder._params, state.cache, np.zeros(decoder.batch_multiple, np.int32),  # pylint: disable=protected-access
-                              state.lengths_B).compile().as_text()
+    hlo = decoder._step.lower(programs.params, programs.rest, state.cache,  # pylint: disable=protected-access
+                              np.zeros(decoder.batch_multiple, np.int32), state.lengths_B).compile().as_text()
   out["all_gather_shapes"] = np.array([m.group(1) for m in re.finditer(r"= (\S+) all-gather\(", hlo)] or [""])
   new, cached = [[] for _ in prompts], [[] for _ in prompts]
   for t in range(n_new):
