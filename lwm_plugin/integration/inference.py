@@ -21,6 +21,7 @@ segment masks; in decode, MaxText shows a cached token iff its segment id is 1).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -55,13 +56,30 @@ class GreedyDecoder:
     batch_axes = ("data", "fsdp", "fsdp_transpose", "expert")
     self._batch_multiple = int(np.prod([self.mesh.shape.get(a, 1) for a in batch_axes]))
     self._step = jax.jit(self._logits_at)
+    self._full = jax.jit(self._forward)
+
+  def _forward(self, state, tokens_BxS, positions_BxS, segments_BxS):
+    model = nnx.merge(self._graphdef, state)
+    return model(decoder_input_tokens=tokens_BxS, decoder_positions=positions_BxS, decoder_segment_ids=segments_BxS,
+                 enable_dropout=False)
 
   def _logits_at(self, state, tokens_BxS, positions_BxS, segments_BxS, index_B, allowed_V):
-    model = nnx.merge(self._graphdef, state)
-    logits_BxSxV = model(decoder_input_tokens=tokens_BxS, decoder_positions=positions_BxS,
-                         decoder_segment_ids=segments_BxS, enable_dropout=False)
+    logits_BxSxV = self._forward(state, tokens_BxS, positions_BxS, segments_BxS)
     logits_BxV = jnp.take_along_axis(logits_BxSxV, index_B[:, None, None], axis=1)[:, 0].astype(jnp.float32)
     return jnp.argmax(jnp.where(allowed_V, logits_BxV, -jnp.inf), axis=-1)
+
+  def logits(self, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The float32 logits [len, V] of one full forward over each sequence (position i: the next token after
+    i + 1 tokens); the teacher-forced reference for a cached decode of the same tokens."""
+    rows = -(-len(sequences) // self._batch_multiple) * self._batch_multiple
+    length = -(-max(len(s) for s in sequences) // self._bucket) * self._bucket
+    tokens, segments = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
+    for i, seq in enumerate(sequences):
+      tokens[i, :len(seq)], segments[i, :len(seq)] = seq, 1
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length))
+    with jax.set_mesh(self.mesh), nn_partitioning.axis_rules(self.config.logical_axis_rules):
+      out = np.asarray(self._full(self._state, tokens, positions, segments), np.float32)
+    return [out[i, :len(seq)] for i, seq in enumerate(sequences)]
 
   def generate(self, prompts: Sequence[np.ndarray], max_new_tokens: int, *, stop_ids: Sequence[int] = (),
                allowed_ids: np.ndarray | None = None) -> list[np.ndarray]:
@@ -111,6 +129,75 @@ class DecodeState:
   cache: Any = dataclasses.field(repr=False)
 
 
+def check_sizes(config: Any) -> tuple[int, int]:
+  """(longest prompt, most new tokens) of `config`: MaxText's two caches, each split over the context axis."""
+  cp = max(1, config.ici_context_parallelism * config.dcn_context_parallelism)
+  prompt, new = int(config.max_prefill_predict_length), int(config.max_target_length - config.max_prefill_predict_length)
+  if new <= 0 or prompt % cp or new % cp:
+    raise ValueError(f"cached decoding needs max_prefill_predict_length ({prompt}) and max_target_length - "
+                     f"max_prefill_predict_length ({new}, the new tokens) positive multiples of the context "
+                     f"parallelism ({cp}): each cache is split over it")
+  return prompt, new
+
+
+# MaxText's KVCache variables that only prefill writes (`KVCache.kv_cache_prefill`).
+PROMPT_CACHE_KEYS = frozenset({"cached_prefill_key", "cached_prefill_value", "cache_prefill_segment_id",
+                               "cached_prefill_key_scale", "cached_prefill_value_scale"})
+
+
+def _with_prompt_cache(new: dict, old: dict) -> dict:
+  """`new` with the prompt-cache leaves of `old` (same tree)."""
+  return {key: old[key] if key in PROMPT_CACHE_KEYS else (_with_prompt_cache(value, old[key])
+                                                          if isinstance(value, dict) else value)
+          for key, value in new.items()}
+
+
+class DecodePrograms:
+  """Prefill and one decode step as pure functions of (params, rest, cache, inputs), from a MaxText model built in
+  model_mode autoregressive, real or abstract: what `CachedDecoder` runs and what `aot_decode` compiles.
+
+  `rest` is the model's other state (RNG counters); caches cross as plain dicts (their variable
+  metadata changes inside MaxText's layer scan).
+  """
+
+  def __init__(self, model):
+    self.graphdef, self.params, cache, self.rest = nnx.split(model, nnx.Param, nnx.Cache, ...)
+    self._cache_template = cache
+    self.empty_cache = nnx.to_pure_dict(cache)
+
+  def _run(self, params, rest, cache, tokens_BxS, positions_BxS, segments_BxS, mode):
+    cache_state = jax.tree.map(lambda x: x, self._cache_template)
+    nnx.replace_by_pure_dict(cache_state, cache)
+    model = nnx.merge(self.graphdef, params, cache_state, rest, copy=True)
+    logits_BxSxV = model(decoder_input_tokens=tokens_BxS, decoder_positions=positions_BxS,
+                         decoder_segment_ids=segments_BxS, enable_dropout=False, model_mode=mode)
+    return logits_BxSxV, nnx.to_pure_dict(nnx.state(model, nnx.Cache))
+
+  def prefill(self, params, rest, cache, tokens_BxS, segments_BxS, last_B):
+    """(float32 logits [B, V] after token `last_B` of each row, the cache holding the prompts)."""
+    positions_BxS = jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1], dtype=jnp.int32), tokens_BxS.shape)
+    logits_BxSxV, cache = self._run(params, rest, cache, tokens_BxS, positions_BxS, segments_BxS, MODEL_MODE_PREFILL)
+    return jnp.take_along_axis(logits_BxSxV, last_B[:, None, None], axis=1)[:, 0].astype(jnp.float32), cache
+
+  def step(self, params, rest, cache, ids_B, positions_B):
+    """(float32 logits [B, V] of the token after `ids_B`, placed at `positions_B`; the cache with it appended).
+
+    A decode step reads the prompt cache and writes only the generated-token cache, but MaxText's layer
+    scan returns every cache it carried: a new copy of the prompt cache. The step returns the prompt
+    cache it was given instead, so XLA drops that copy (its temporaries stay far below the cache size).
+    """
+    logits_Bx1xV, new_cache = self._run(params, rest, cache, ids_B[:, None], positions_B[:, None], None,
+                                        MODEL_MODE_AUTOREGRESSIVE)
+    return logits_Bx1xV[:, 0].astype(jnp.float32), _with_prompt_cache(new_cache, cache)
+
+  def jitted(self, *, donate_prefill_cache: bool = False):
+    """(prefill, step) under `jax.jit`, the caches kept in their own layout; `step` consumes its cache (and
+    `prefill` too with `donate_prefill_cache`)."""
+    shardings = jax.tree.map(lambda x: x.sharding, self.empty_cache)
+    return (jax.jit(self.prefill, out_shardings=(None, shardings), donate_argnums=(2,) if donate_prefill_cache else ()),
+            jax.jit(self.step, out_shardings=(None, shardings), donate_argnums=(2,)))
+
+
 class CachedDecoder:
   """A checkpointed MaxText model decoding with its KV cache (the seam must be installed).
 
@@ -123,45 +210,22 @@ class CachedDecoder:
   def __init__(self, config: Any, *, bucket: int = 256):
     if not config.load_parameters_path:
       raise ValueError("CachedDecoder needs load_parameters_path (a checkpoint's .../<step>/items directory)")
-    cp = max(1, config.ici_context_parallelism * config.dcn_context_parallelism)
-    self.max_prompt_length = int(config.max_prefill_predict_length)
+    self.max_prompt_length, self.max_new_tokens = check_sizes(config)
     self.max_length = int(config.max_target_length)
-    self.max_new_tokens = self.max_length - self.max_prompt_length
-    if self.max_new_tokens <= 0 or self.max_prompt_length % cp or self.max_new_tokens % cp:
-      raise ValueError(f"CachedDecoder needs max_prefill_predict_length ({self.max_prompt_length}) and "
-                       f"max_target_length - max_prefill_predict_length ({self.max_new_tokens}, the new tokens) "
-                       f"positive multiples of the context parallelism ({cp}): each cache is split over it")
     self.config = config
     self.vocab_size = int(config.vocab_size)
+    cp = max(1, config.ici_context_parallelism * config.dcn_context_parallelism)
     self._bucket = min(math.lcm(bucket, cp), self.max_prompt_length)
     model, self.mesh = model_creation_utils.from_pretrained(config, model_mode=MODEL_MODE_AUTOREGRESSIVE)
-    self._graphdef, self._params, cache, self._rest = nnx.split(model, nnx.Param, nnx.Cache, ...)
-    self._cache_template = cache
-    self._empty_cache = nnx.to_pure_dict(cache)  # the caches cross jit as plain dicts (their metadata changes)
+    self._programs = DecodePrograms(model)
     self.batch_multiple = int(config.micro_batch_size_to_train_on)  # the caches' batch: every call has these rows
-    cache_shardings = jax.tree.map(lambda x: x.sharding, self._empty_cache)
-    self._prefill = jax.jit(self._prefill_logits, out_shardings=(None, cache_shardings))
-    self._step = jax.jit(self._step_logits, out_shardings=(None, cache_shardings), donate_argnums=(1,))
+    self._prefill, self._step = self._programs.jitted()
 
-  def _run(self, params, cache, tokens_BxS, positions_BxS, segments_BxS, mode):
-    cache_state = jax.tree.map(lambda x: x, self._cache_template)
-    nnx.replace_by_pure_dict(cache_state, cache)
-    model = nnx.merge(self._graphdef, params, cache_state, self._rest, copy=True)
-    logits_BxSxV = model(decoder_input_tokens=tokens_BxS, decoder_positions=positions_BxS,
-                         decoder_segment_ids=segments_BxS, enable_dropout=False, model_mode=mode)
-    return logits_BxSxV, nnx.to_pure_dict(nnx.state(model, nnx.Cache))
-
-  def _prefill_logits(self, params, cache, tokens_BxS, segments_BxS, last_B):
-    positions_BxS = jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1], dtype=jnp.int32), tokens_BxS.shape)
-    logits_BxSxV, cache = self._run(params, cache, tokens_BxS, positions_BxS, segments_BxS, MODEL_MODE_PREFILL)
-    return jnp.take_along_axis(logits_BxSxV, last_B[:, None, None], axis=1)[:, 0].astype(jnp.float32), cache
-
-  def _step_logits(self, params, cache, ids_B, positions_B):
-    logits_Bx1xV, cache = self._run(params, cache, ids_B[:, None], positions_B[:, None], None, MODEL_MODE_AUTOREGRESSIVE)
-    return logits_Bx1xV[:, 0].astype(jnp.float32), cache
-
+  @contextlib.contextmanager
   def _context(self):
-    return _Scope(self.mesh, self.config.logical_axis_rules)
+    """The mesh and logical axis rules MaxText's layers resolve shardings against."""
+    with jax.set_mesh(self.mesh), nn_partitioning.axis_rules(self.config.logical_axis_rules):
+      yield
 
   def prefill(self, prompts: Sequence[np.ndarray]) -> DecodeState:
     """Runs the prompts (1-D token arrays, up to `batch_multiple`, each 1..max_prompt_length tokens) into a
@@ -182,7 +246,8 @@ class CachedDecoder:
     rows_lengths = np.ones(self.batch_multiple, np.int32)  # padding rows: one (invisible) token, decoding junk
     rows_lengths[:n] = lengths
     with self._context():
-      logits, cache = self._prefill(self._params, self._empty_cache, tokens, segments, rows_lengths - 1)
+      p = self._programs
+      logits, cache = self._prefill(p.params, p.rest, p.empty_cache, tokens, segments, rows_lengths - 1)
     return DecodeState(np.asarray(logits), rows_lengths, 0, n, cache)
 
   def step(self, state: DecodeState, next_ids_B: np.ndarray) -> DecodeState:
@@ -198,26 +263,8 @@ class CachedDecoder:
                        f"got {len(next_ids_B)}")
     ids[:len(next_ids_B)] = next_ids_B
     with self._context():
-      logits, cache = self._step(self._params, state.cache, ids, state.lengths_B)
+      logits, cache = self._step(self._programs.params, self._programs.rest, state.cache, ids, state.lengths_B)
     return DecodeState(np.asarray(logits), state.lengths_B + 1, state.steps + 1, state.num_prompts, cache)
-
-
-class _Scope:
-  """The mesh and logical axis rules MaxText's layers resolve shardings against, as one context manager."""
-
-  def __init__(self, mesh, rules):
-    self._mesh, self._rules = mesh, rules
-    self._stack: list[Any] = []
-
-  def __enter__(self):
-    for ctx in (jax.set_mesh(self._mesh), nn_partitioning.axis_rules(self._rules)):
-      ctx.__enter__()
-      self._stack.append(ctx)
-    return self
-
-  def __exit__(self, *exc):
-    while self._stack:
-      self._stack.pop().__exit__(*exc)
 
 
 def greedy(decoder: CachedDecoder, prompts: Sequence[np.ndarray], max_new_tokens: int, *, stop_ids: Sequence[int] = (),
