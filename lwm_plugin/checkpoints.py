@@ -1,4 +1,4 @@
-"""Checkpoint conversion for a config: the Python API behind `lwm-convert` (and the demo and `lwm-eval`).
+"""Checkpoint conversion for a config: the Python API behind `lwm-convert` (and the demo, `lwm-eval`, `lwm-generate`).
 
 Each function resolves CONFIG.yml (a path or a shipped name, with `key=value` overrides) the way
 `lwm-train` does, turns it into the plain `conversion.spec.ModelSpec` and vocabulary the
@@ -10,6 +10,8 @@ CPU: callers set `JAX_PLATFORMS=cpu` before JAX is imported (the CLI does).
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any, Sequence
 
 from conversion import extend_vocab as extend_vocab_lib
@@ -18,14 +20,15 @@ from conversion import from_lwm as from_lwm_lib
 from conversion import model_vocab
 from conversion import to_hf as to_hf_lib
 from conversion.orbax_params import quiet_failed_read_noise
-from conversion.spec import ModelSpec
+from conversion.spec import ConversionError, ModelSpec
 from lwm_plugin import integration
-from lwm_plugin.config.files import resolve_config_file
+from lwm_plugin.config.files import ConfigError, resolve_config_file
 from lwm_plugin.config.lwm_config import check_keys
+from lwm_plugin.model_source import ModelSource, UsageError, imported_items
 
 DEFAULT_SHARD_BYTES = 5 << 30
 
-__all__ = ["extend_vocab", "from_hf", "from_lwm", "quiet_failed_read_noise", "resolve", "to_hf"]
+__all__ = ["extend_vocab", "from_hf", "from_lwm", "import_for_inference", "quiet_failed_read_noise", "resolve", "to_hf"]
 
 
 def resolve(config_file: str, overrides: Sequence[str] = ()) -> Any:
@@ -57,6 +60,25 @@ def from_hf(config_file: str, hf_dir: str, output: str, *, overrides: Sequence[s
   vocab = model_vocab.load(config) if extend_vocab else None
   from_hf_lib.convert(ModelSpec.from_config(config), hf_dir, output, vocab=vocab, extend_vocab=extend_vocab,
                       dtype=_weight_dtype(config, dtype), progress=progress)
+
+
+def import_for_inference(config_file: str, source: ModelSource, import_dir: Path, *,
+                         overrides: Sequence[str] = ()) -> Path:
+  """The MaxText items directory of `--model`: itself, or its Hugging Face weights imported (float32) into
+  `import_dir` (replaced if present; removed again if the import fails, with UsageError naming the model)."""
+  if not source.is_hf:
+    return source.path
+  if import_dir.exists():
+    shutil.rmtree(import_dir)
+  try:
+    from_hf(config_file, str(source.path), str(import_dir), overrides=overrides, dtype="float32")
+  except (ConversionError, ConfigError) as e:
+    shutil.rmtree(import_dir, ignore_errors=True)
+    raise UsageError(f"--model {source.path}: importing the Hugging Face model failed: {e}") from e
+  except BaseException:
+    shutil.rmtree(import_dir, ignore_errors=True)
+    raise
+  return imported_items(import_dir)
 
 
 def from_lwm(config_file: str, lwm_params: str, output: str, *, overrides: Sequence[str] = (), dtype: str = "",

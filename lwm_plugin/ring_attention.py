@@ -7,6 +7,10 @@
   inputs and does the `shard_map` (sequence sharded over `axis_name`, batch and heads over the mesh
   axes you name, other mesh axes replicated). It is the one owner of that wrapper: MaxText's
   `attention: ring` (`lwm_plugin.integration.attention`) calls it too.
+* `sharded_decode_attention(q, k_cache, v_cache, kv_mask, *, mesh, axis_name, ...)`: a decode step's
+  new tokens against a KV cache whose sequence axis is split over `axis_name` (each device attends
+  its own shard; the shards combine through softmax statistics, no K/V moves). MaxText's
+  `attention: ring` calls it in autoregressive mode.
 * `reference_attention(q, k, v, ...)`: dense float32, same semantics, for tests and debugging.
 * `layouts`: reorder a global batch into a load-balanced layout (dual-chunk swap, striped) and back.
 
@@ -34,6 +38,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from lwm_plugin.kernels.ring import IMPLS, layouts
 from lwm_plugin.kernels.ring.common import BlockSizes
+from lwm_plugin.kernels.ring.decode import decode_attention, decode_attention_reference
 from lwm_plugin.kernels.ring.reference import reference_attention
 from lwm_plugin.kernels.ring.ring import ring_attention
 
@@ -88,6 +93,15 @@ def _check_divisible(mesh: Mesh, what: str, size: int, axes: tuple[Hashable, ...
     raise ValueError(f"{what} ({size}) must be a multiple of {ways}, the size of mesh axes {axes}: {shape=}")
 
 
+def _check_axes(mesh: Mesh, axis_name: Hashable, batch: tuple[Hashable, ...], heads: tuple[Hashable, ...]) -> None:
+  if axis_name not in mesh.shape:
+    raise ValueError(f"{axis_name=} is not an axis of the mesh {dict(mesh.shape)}")
+  unknown = [a for a in (*batch, *heads) if a not in mesh.shape]
+  if unknown or axis_name in (*batch, *heads):
+    raise ValueError(f"batch_axes {batch} and head_axes {heads} must be mesh axes {tuple(mesh.shape)} other than "
+                     f"the ring axis {axis_name!r}")
+
+
 def sharded_ring_attention(q_BxSxHxD, k_BxSxKxD, v_BxSxKxD, *, mesh: Mesh, axis_name: Hashable, segment_ids=None,
                            positions=None, causal: bool = True, scale: float | None = None,
                            block_sizes: BlockSizes | None = None, impl: str = "auto", scan_unroll: int = 1,
@@ -101,13 +115,8 @@ def sharded_ring_attention(q_BxSxHxD, k_BxSxKxD, v_BxSxKxD, *, mesh: Mesh, axis_
   the tokens (see `layouts`). S must be a multiple of the axis size. Returns [B, S, H, D] laid out
   as q's spec.
   """
-  if axis_name not in mesh.shape:
-    raise ValueError(f"{axis_name=} is not an axis of the mesh {dict(mesh.shape)}")
   batch, heads = _names(batch_axes), _names(head_axes)
-  unknown = [a for a in (*batch, *heads) if a not in mesh.shape]
-  if unknown or axis_name in (*batch, *heads):
-    raise ValueError(f"batch_axes {batch} and head_axes {heads} must be mesh axes {tuple(mesh.shape)} other than "
-                     f"the ring axis {axis_name!r}")
+  _check_axes(mesh, axis_name, batch, heads)
   if q_BxSxHxD.ndim != 4 or k_BxSxKxD.ndim != 4:
     raise ValueError(f"expected q [B, S, H, D] and k, v [B, S, K, D]: {q_BxSxHxD.shape=}, {k_BxSxKxD.shape=}")
   _check_divisible(mesh, "sequence length", q_BxSxHxD.shape[1], (axis_name,), q_BxSxHxD.shape)
@@ -131,5 +140,31 @@ def sharded_ring_attention(q_BxSxHxD, k_BxSxKxD, v_BxSxKxD, *, mesh: Mesh, axis_
   return jax.shard_map(local, mesh=mesh, in_specs=tuple(specs), out_specs=qkv_spec, check_vma=False)(*args)
 
 
-__all__ = ["BlockSizes", "IMPLS", "as_token_ints", "layouts", "reference_attention", "ring_attention",
-           "sharded_ring_attention"]
+def sharded_decode_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, kv_mask_BxS, *, mesh: Mesh, axis_name: Hashable,
+                             batch_axes: MeshAxes = None, head_axes: MeshAxes = None):
+  """`decode_attention` of a few new query tokens over a cache whose sequence axis S is split over `axis_name`.
+
+  The cache (k, v [B, S, K, D], kv_mask [B, S] bool: which cached tokens are visible) stays where it
+  is: each device attends its S / N tokens and the shards combine by pmax/psum of the softmax
+  statistics. q [B, T, H, D] is replicated over `axis_name`. Returns (o [B, T, H, D] unnormalised,
+  m [B, T, H, 1], s [B, T, H, 1]) in float32 (the output is o / s), replicated over `axis_name`.
+  """
+  batch, heads = _names(batch_axes), _names(head_axes)
+  _check_axes(mesh, axis_name, batch, heads)
+  if k_BxSxKxD.ndim != 4:
+    raise ValueError(f"expected k, v [B, S, K, D]: {k_BxSxKxD.shape=}")
+  _check_divisible(mesh, "cache length", k_BxSxKxD.shape[1], (axis_name,), k_BxSxKxD.shape)
+  _check_divisible(mesh, "batch", k_BxSxKxD.shape[0], batch, k_BxSxKxD.shape)
+  _check_divisible(mesh, "kv heads", k_BxSxKxD.shape[2], heads, k_BxSxKxD.shape)
+  q_spec = P(batch or None, None, heads or None, None)
+  kv_spec = P(batch or None, axis_name, heads or None, None)
+  mask_spec = P(batch or None, axis_name)
+  args = (_reshard(q_BxTxHxD, mesh, q_spec), _reshard(k_BxSxKxD, mesh, kv_spec), _reshard(v_BxSxKxD, mesh, kv_spec),
+          _reshard(kv_mask_BxS.astype(bool), mesh, mask_spec))
+  local = functools.partial(decode_attention, axis_name=axis_name)
+  return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, mask_spec),
+                       out_specs=(q_spec, q_spec, q_spec), check_vma=False)(*args)
+
+
+__all__ = ["BlockSizes", "IMPLS", "as_token_ints", "decode_attention", "decode_attention_reference", "layouts",
+           "reference_attention", "ring_attention", "sharded_decode_attention", "sharded_ring_attention"]

@@ -1,6 +1,6 @@
 """`attention: ring` inside MaxText (`lwm_plugin/integration/attention.py`): training equivalence with
 MaxText's dot-product attention, the whole model on MaxText's own test inputs (float segment ids,
-explicit shard mode), the load-balance reorder of per-token keys, the prefill/decode fallback and
+explicit shard mode), the load-balance reorder of per-token keys, the inference-mode checks and
 the config errors."""
 
 from __future__ import annotations
@@ -171,39 +171,35 @@ def test_maxtext_reorders_exactly_the_keys_we_assume():
   assert moved == cp_reorder.MAXTEXT_REORDERED_KEYS
 
 
-class _FakeOp:
-  """Stands in for a MaxText AttentionOp: records which path the patched apply_attention takes."""
-
-  def __init__(self, kernel):
-    self.attention_kernel = kernel
-    self.calls = []
-
-  def apply_attention_dot(self, query, key, value, decoder_segment_ids, model_mode, previous_chunk, **kwargs):
-    self.calls.append(("dot", model_mode, kwargs["segment_positions"]))
-    return "dot-result", None, None
-
-
 def _original(self, query, key, value, decoder_segment_ids, segment_positions, lengths, model_mode,
               use_ragged_attention=False, previous_chunk=None, bidirectional_mask=None, sinks=None, indexer_mask=None,
               compressed_mask=None, record_max_logits=False, decoder_segment_ids_kv=None, pad_kv_total=0,
               compress_ratio=0, *, qk_product_einsum, wv_product_einsum):
-  self.calls.append(("original", model_mode, use_ragged_attention))
   return "original-result", None, None
 
 
-@pytest.mark.parametrize("mode", ["prefill", "autoregressive"])
-def test_prefill_and_decode_fall_back_to_dot_product_and_say_so(mode, caplog):
+def _ring_op():
+  from maxtext.common.common_types import AttentionType  # pylint: disable=import-outside-toplevel
+  return types.SimpleNamespace(attention_kernel="ring", attention_type=AttentionType.GLOBAL,
+                               check_attention_inputs=lambda q, k, v: None,
+                               _load_balanced_context_parallel=lambda: False)
+
+
+@pytest.mark.parametrize("mode, kwargs, message", [
+    ("autoregressive", {"decoder_segment_ids": None}, "segment ids say which cached tokens"),
+    ("prefill", {"previous_chunk": jnp.zeros((1, 8))}, r"chunked prefill \(previous_chunk\)"),
+    ("autoregressive", {"use_ragged_attention": True}, "use_ragged_attention"),
+    ("vllm", {}, "does not know model_mode 'vllm'"),
+])
+def test_inference_modes_refuse_what_the_ring_does_not_do(mode, kwargs, message):
+  """Prefill and decode run the ring (tests/test_inference.py); what they cannot do is an error, not a fallback."""
   wrapped = attention.apply_attention(_original)
-  op = _FakeOp("ring")
-  attention._fallback_logged.discard(mode)  # pylint: disable=protected-access
-  with caplog.at_level(logging.WARNING, logger="lwm_plugin.integration"):
-    result = wrapped(op, query=1, key=2, value=3, decoder_segment_ids=None, segment_positions="pos", lengths=None,
-                     model_mode=mode, qk_product_einsum=None, wv_product_einsum=None)
-  assert result[0] == "dot-result" and op.calls == [("dot", mode, "pos")]
-  assert f"{mode} mode uses MaxText's dot_product" in caplog.text
-  other = _FakeOp("dot_product")
-  assert wrapped(other, 1, 2, 3, None, None, None, "train", qk_product_einsum=None,
-                 wv_product_einsum=None)[0] == "original-result"
+  q = jnp.zeros((1, 1, 4, 16))
+  args = dict(query=q, key=q, value=q, decoder_segment_ids=jnp.ones((1, 1), jnp.int32), segment_positions=None,
+              lengths=None, model_mode=mode, qk_product_einsum=None, wv_product_einsum=None)
+  with pytest.raises(ValueError, match=message):
+    wrapped(_ring_op(), **{**args, **kwargs})
+  assert wrapped(types.SimpleNamespace(attention_kernel="dot_product"), **args)[0] == "original-result"
 
 
 def test_train_mode_refuses_unsupported_features():
@@ -236,6 +232,13 @@ def test_ring_settings_are_validated():
     integration.resolve_config(["test", str(config_path("tiny_cpu_ring.yml")), "lwm_ring_impl=cuda"])
   cfg = integration.resolve_config(["test", str(config_path("tiny_cpu_ring.yml"))])
   assert (cfg.attention, cfg.lwm_ring_block_q, cfg.ici_context_parallelism) == ("ring", 32, 4)
+  assert [tuple(axes) for name, axes in cfg.logical_axis_rules if name == "cache_sequence"] == [("context",)]
+  dot = integration.resolve_config(["test", str(config_path("tiny_cpu.yml"))])
+  assert [tuple(axes) for name, axes in dot.logical_axis_rules if name == "cache_sequence"] == [()]
+  with pytest.raises(Exception, match=r"KV cache split over 'context'; logical_axis_rules maps 'cache_sequence' to "
+                                      r"\['fsdp'\]"):
+    integration.resolve_config(["test", str(config_path("tiny_cpu_ring.yml")),
+                                "logical_axis_rules=[['cache_sequence', ['fsdp']]]"])
   cfg = integration.resolve_config(["test", str(config_path("tiny_cpu_ring.yml")), "lwm_ring_impl=pallas",
                                     "lwm_ring_block_kv=0"])
   assert (cfg.lwm_ring_impl, cfg.lwm_ring_block_kv) == ("pallas", 0)  # 0: the hop implementation's default

@@ -60,10 +60,10 @@ def test_tripwire_rejects_a_moved_signature_and_patches_nothing():
 
 def test_a_used_internal_that_moved_stops_install_and_is_never_patched():
   good = integration.PATCH_TABLE[0]
-  used = Used(target="maxtext.layers.attention_op:AttentionOp.apply_attention_dot", params=("self", "query"),
+  used = Used(target="maxtext.layers.attention_op:AttentionOp.normalize_attention", params=("self", "query"),
               reason="test", remove_when="test")
   before = _current(good)
-  with pytest.raises(SeamError, match="AttentionOp.apply_attention_dot' changed signature"):
+  with pytest.raises(SeamError, match="AttentionOp.normalize_attention' changed signature"):
     Seam([good], used=[used]).install()
   assert _current(good) is before
   right = dataclasses.replace(integration.USED_TABLE[0])

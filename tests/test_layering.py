@@ -27,6 +27,8 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
         "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
     ("lwm_plugin/vision/vision_cli.py", "lwm_plugin.vision.commands"):
         "JAX and Beam after the command line is checked: --platform sets JAX_PLATFORMS, usage errors stay instant",
+    ("lwm_plugin/generation/generate_cli.py", "lwm_plugin.generation.engine"):
+        "MaxText and JAX fix the platform on import: the CLI checks its arguments and reads `hardware` first",
 }
 
 

@@ -70,3 +70,76 @@ def test_lwm_eval_names_a_bad_task(capsys):
   assert evaluate.main(["needle", "--config", "tiny_text_chat_4k.yml", "--model", "nowhere", "--needles", "1",
                         "--asked", "2"]) == 2
   assert "lwm-eval: error: need 1 <= asked (2) <= needles (1)" in capsys.readouterr().err
+
+
+def _haystack_file(tmp_path, corpus_vocab, suffix=".txt"):
+  sentences = sc.filler_sentences(np.random.default_rng(11), 400)
+  path = tmp_path / f"hay{suffix}"
+  if suffix == ".jsonl":
+    path.write_text("".join(json.dumps({"text": " ".join(sentences[i:i + 50]) + " "}) + "\n"
+                            for i in range(0, 400, 50)))
+  else:
+    path.write_text(" ".join(sentences))
+  return needle.read_haystack(path, corpus_vocab), " ".join(sentences)
+
+
+@pytest.mark.parametrize("fmt", ["lwm", "chat"])
+def test_haystack_file_prompts(fmt, corpus_vocab, tmp_path):
+  haystack, text = _haystack_file(tmp_path, corpus_vocab)
+  assert np.array_equal(haystack.ids, corpus_vocab.encode_text(text))
+  grid = needle.build_grid(corpus_vocab, needle.NeedleTask(1, 1), [400, 700], [0.0, 0.5, 1.0], rounds=2, seed=1,
+                           haystack=haystack, prompt_format=fmt)
+  assert len(grid) == 12
+  for trial in grid:
+    assert trial.context_length - 20 <= len(trial.tokens) <= trial.context_length
+    assert trial.tokens[0] == corpus_vocab.bos_id
+    prompt = corpus_vocab.decode_text(trial.tokens[1:])
+    city, number = trial.cities[0], trial.numbers[0]
+    if fmt == "lwm":
+      question = f"What is the special magic {city} number?"
+      assert prompt.startswith("You are a helpful assistant. USER: ")
+      assert prompt.endswith(f" {question} Don't give information outside the document or repeat your findings. "
+                             "Keep your response short and direct. ASSISTANT: ")
+      planted = f"\nThe special magic {city} number is: {number}\n"
+    else:
+      question = sc.needle_question([city])
+      assert prompt.startswith("You are a helpful assistant. USER:") and prompt.endswith(f"{question} ASSISTANT:")
+      planted = sc.needle_sentence(city, number)
+    body = prompt[len("You are a helpful assistant. USER: "):prompt.rindex(question)]
+    window = len(body) - len(planted)  # the haystack's characters; the needle goes back at most one sentence
+    at = body.index(planted)
+    assert trial.depth * window - 70 <= at <= trial.depth * window + 2, (trial.depth, at, window)
+    before = body[:at].rstrip()
+    if trial.depth < 1:  # on a sentence boundary, as LWM (depth 1 appends to the window, as LWM)
+      assert before == "" or before.endswith("."), before[-30:]
+  # round 1 reads another window of the file than round 0
+  first, second = grid[0], grid[1]
+  assert (first.round, second.round) == (0, 1) and first.tokens[5:40].tolist() != second.tokens[5:40].tolist()
+
+
+def test_lwm_multi_needle_questions_and_jsonl_haystacks(corpus_vocab, tmp_path):
+  assert needle.lwm_question(["Oslo"], multi_needle=False) == "What is the special magic Oslo number?"
+  assert needle.lwm_question(["Oslo"], multi_needle=True) == "What is the special magic number for Oslo?"
+  assert needle.lwm_question(["Oslo", "Rome", "Lima"], multi_needle=True) == (
+      "What are the special magic numbers for Oslo, Rome, and Lima?")
+  jsonl, text = _haystack_file(tmp_path, corpus_vocab, ".jsonl")
+  assert corpus_vocab.decode_text(jsonl.ids).strip() == text.strip()
+  (trial,) = needle.build_grid(corpus_vocab, needle.NeedleTask(4, 2), [600], [0.25], rounds=1, seed=2, haystack=jsonl,
+                               prompt_format="lwm")
+  prompt = corpus_vocab.decode_text(trial.tokens[1:])
+  assert f"What are the special magic numbers for {trial.cities[0]}, and {trial.cities[1]}?" in prompt
+  assert prompt.count("\nThe special magic ") == 4
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe", "not a readable UTF-8 text file"), (b"", "no text"),
+])
+def test_bad_haystack_files(content, message, corpus_vocab, tmp_path):
+  path = tmp_path / "h.txt"
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=f"--haystack {path}: {message}"):
+    needle.read_haystack(path, corpus_vocab)
+  bad = tmp_path / "h.jsonl"
+  bad.write_text('{"text": "a"}\n{"txt": "b"}\n')
+  with pytest.raises(ValueError, match=rf'--haystack {bad}:2: expected an object with a string "text"'):
+    needle.read_haystack(bad, corpus_vocab)

@@ -89,6 +89,8 @@ def test_multi_needle_answer_budget_counts(items, tmp_path, monkeypatch, capsys)
     ("--rounds", "0", "--rounds 0: expected at least 1"),
     ("--needles", "two", "argument --needles: invalid int value: 'two'"),
     ("--asked", "3", "need 1 <= asked (3) <= needles (1)"),
+    ("--haystack", "no_such.txt", "--haystack no_such.txt: no such file"),
+    ("--prompt-format", "gpt", "argument --prompt-format: invalid choice: 'gpt'"),
 ])
 def test_bad_grid_options(option, value, message, items, tmp_path, monkeypatch, capsys):
   err = _probe(_needle(items, option, value), tmp_path, monkeypatch, capsys)

@@ -3,7 +3,10 @@
 MaxText rejects unknown keys, but its message lists every valid key (hundreds) and does not say
 which file the bad key came from. `check_keys` runs first and names the YAML file and line (or
 the command-line argument) and the closest valid keys. MaxText's own check still runs after it.
-`LWMConfig` also refuses `attention: ring` combinations that cannot work, naming the key to change.
+`LWMConfig` also refuses `attention: ring` combinations that cannot work, naming the key to change,
+and splits the KV cache's sequence axis over the context axis for it (the logical axis
+`cache_sequence`, unsharded in MaxText's defaults), so ring prefill leaves each device S / N cached
+tokens and the decode step attends them in place (`lwm_plugin.integration.attention`).
 """
 
 from __future__ import annotations
@@ -72,6 +75,24 @@ class LWMConfig(types.MaxTextConfig, LWMSettings):
         raise ValueError(f"attention: ring is the LWM ring over the context axis; leave context_parallel_strategy at "
                          f"'all_gather' (got {strategy!r}, which selects MaxText's own kernels)")
     return data
+
+  @model_validator(mode="before")
+  @classmethod
+  def _ring_cache_over_context(cls, data: Any) -> Any:
+    """`attention: ring`: the rule `cache_sequence -> []` (MaxText's default) becomes `-> [context_sharding]`."""
+    if not (isinstance(data, dict) and data.get("attention") == "ring" and data.get("logical_axis_rules")):
+      return data
+    context = data.get("context_sharding", "context")
+    rules = []
+    for name, axes in data["logical_axis_rules"]:
+      if name == "cache_sequence":
+        found = [axes] if isinstance(axes, str) else list(axes or [])
+        if found not in ([], [context]):
+          raise ValueError(f"attention: ring keeps the KV cache split over {context!r}; logical_axis_rules maps "
+                           f"'cache_sequence' to {found}")
+        axes = [context]
+      rules.append([name, axes])
+    return {**data, "logical_axis_rules": rules}
 
   @model_validator(mode="after")
   def _check_ring_attention(self) -> "LWMConfig":

@@ -2,15 +2,19 @@
 
   lwm-eval needle --config CONFIG.yml --model CHECKPOINT_OR_HF_DIR [--context-lengths 1000,2000,4000]
                   [--depths 0,0.25,0.5,0.75,1] [--needles N] [--asked R] [--rounds K] [--seed S]
-                  [--output DIR] [key=value ...]
+                  [--haystack FILE] [--prompt-format chat|lwm] [--output DIR] [key=value ...]
 
 CONFIG.yml describes the model (dims, vocabulary keys `lwm_*`, attention, mesh), as for
 `lwm-train`; `key=value` overrides follow the options. `--model` is a MaxText checkpoint
 (`<run>/checkpoints/<step>/items`) or a Hugging Face directory written by `lwm-convert to-hf`
 (imported back with `lwm-convert from-hf` into `DIR/hf_import/`, so both run the same forward).
 The prompt is processed with the config's attention (ring attention over the context axis with
-`attention: ring`), answers are decoded greedily over the text ids. Writes `DIR/needle_<task>.json`
-(every trial) and `DIR/needle_<task>.png` (the heatmap); prints the accuracy table.
+`attention: ring`), answers are decoded greedily over the text ids with the KV-cache decoder.
+`--haystack FILE` takes the filler from any plain UTF-8 text (e.g. a PG19 book; `.jsonl`: LWM's
+lines `{"text": ...}`) instead of the synthetic corpus; `--prompt-format lwm` builds LWM's own needle
+prompts (`lwm_plugin.evaluation.needle`), for Fig. 5 / Table 3 on a converted LWM-Text-Chat-1M.
+Writes `DIR/needle_<task>.json` (every trial) and `DIR/needle_<task>.png` (the heatmap); prints
+the accuracy table.
 
 Before any work it checks the model path, the grid, every context length plus the answer budget
 against the model's `max_target_length`, the resolved config, the vocabulary and every prompt
@@ -29,6 +33,7 @@ from typing import Sequence
 
 from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
 from lwm_plugin.evaluation import needle
+from lwm_plugin.model_source import UsageError
 
 PROG = "lwm-eval"
 
@@ -64,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--asked", type=int, default=1, help="R facts asked (<= N)")
   p.add_argument("--rounds", type=int, default=1, help="random needles per grid cell")
   p.add_argument("--seed", type=int, default=20240208)
+  p.add_argument("--haystack", default=None, help="filler text file (plain UTF-8, or .jsonl lines {\"text\": ...}); "
+                                                  "default: the synthetic corpus's sentences")
+  p.add_argument("--prompt-format", choices=needle.PROMPT_FORMATS, default="chat",
+                 help="chat: our chat template (what the demo trains); lwm: LWM's eval_needle.py prompt and needle")
   p.add_argument("--output", default="needle_eval", help="output directory")
   p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
   return parser
@@ -85,14 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run = needle_run.prepare_needle(config_file, args.model, args.overrides, context_lengths=args.context_lengths,
                                     depths=args.depths, tasks=[task], rounds=args.rounds, seed=args.seed,
-                                    output=args.output)
+                                    output=args.output, haystack=args.haystack, prompt_format=args.prompt_format)
   except (ConfigError, ValueError) as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   try:
     needle_run.run_needle(run, log=lambda line: print(f"{PROG}: {line}"))
-  except needle_run.UsageError as e:
+  except UsageError as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -8,7 +8,22 @@ averaged over `rounds` random needles. This module builds prompts and scores ans
 model is the caller's (`lwm_plugin.integration.inference`), so it stays free of MaxText.
 
 Haystack filler comes from `data_loaders.synthetic_corpus` with its own seed stream, so a model
-trained on the synthetic corpus is evaluated on sentences and needles it has not seen verbatim.
+trained on the synthetic corpus is evaluated on sentences and needles it has not seen verbatim, or
+from a text file (`read_haystack`: any plain UTF-8 text such as a PG19 book, or LWM's JSONL haystack
+with one `{"text": ...}` per line). Two prompt formats:
+
+  chat  our chat template (`data_loaders.chat_template`), the needle sentence "The special magic
+        {city} number is: {number}." between sentences: the layout the demo's chat model is trained on.
+  lwm   LWM's `eval_needle.py` exactly: "<s>You are a helpful assistant. USER: {context} {question}
+        Don't give information outside the document or repeat your findings. Keep your response short
+        and direct. ASSISTANT: " as one string, the needle "\nThe special magic {city} number is:
+        {number}\n", its questions (`eval_needle_multi.py` for several needles). Use it with a
+        converted LWM-Text-Chat-1M and a PG19 haystack for the paper's Fig. 5 / Table 3.
+
+With a haystack file (or the lwm format) a prompt is assembled as text: a window of the haystack's
+tokens (round r starts r x the longest context length into the file, wrapping around), each needle
+inserted at its depth (a fraction of the window's characters, moved back to the end of a sentence
+as LWM does; depth 1 appends), then the window shrunk until the whole prompt fits `context_length`.
 """
 
 from __future__ import annotations
@@ -18,7 +33,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
@@ -89,6 +104,113 @@ def _prompt_tokens(vocab: MultimodalVocab, sentences: list[str], needles: list[c
   return chat_example(vocab, [{"role": "user", "content": content}])["tokens"]
 
 
+PromptFormat = Literal["chat", "lwm"]
+PROMPT_FORMATS = ("chat", "lwm")
+LWM_TEMPLATE = ("You are a helpful assistant. USER: {context} {question} Don't give information outside the document "
+                "or repeat your findings. Keep your response short and direct. ASSISTANT: ")
+
+
+def lwm_needle(city: str, number: str) -> str:
+  """LWM's needle text, inserted into the haystack as is."""
+  return f"\nThe special magic {city} number is: {number}\n"
+
+
+def lwm_question(cities: Sequence[str], multi_needle: bool) -> str:
+  """LWM's questions: `eval_needle.py` (one needle), `eval_needle_multi.py` (several in the context)."""
+  if not multi_needle:
+    return f"What is the special magic {cities[0]} number?"
+  if len(cities) == 1:
+    return f"What is the special magic number for {cities[0]}?"
+  return f"What are the special magic numbers for {', '.join(cities[:-1])}, and {cities[-1]}?"
+
+
+@dataclasses.dataclass(frozen=True)
+class Haystack:
+  """The filler text of a grid: a file's token ids, or None for the synthetic corpus's sentences."""
+  ids: np.ndarray | None = None
+  source: str = "synthetic"
+
+
+def read_haystack(path: str | os.PathLike, vocab: MultimodalVocab) -> Haystack:
+  """A haystack file's token ids: plain UTF-8 text, or (`.jsonl`) LWM's lines `{"text": "..."}` concatenated.
+  Raises ValueError naming the file (and line) if it is unreadable, malformed or empty."""
+  path = Path(path)
+  try:
+    raw = path.read_text(encoding="utf-8")
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f"--haystack {path}: not a readable UTF-8 text file ({e})") from e
+  if path.suffix == ".jsonl":
+    parts = []
+    for number, line in enumerate(raw.splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"--haystack {path}:{number}: not JSON ({e.msg})") from e
+      if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise ValueError(f"--haystack {path}:{number}: expected an object with a string \"text\"")
+      parts.append(record["text"])
+    raw = "".join(parts)
+  ids = np.asarray(vocab.encode_text(raw), np.int32)
+  if len(ids) == 0:
+    raise ValueError(f"--haystack {path}: no text")
+  return Haystack(ids, str(path))
+
+
+def _insert_needles(text: str, needles: Sequence[str], depths: Sequence[float]) -> str:
+  """Each needle at its depth (fraction of the characters), moved back to just after a sentence's '.'."""
+  spots = []
+  for needle, depth in zip(needles, depths):
+    pos = len(text) if depth >= 1.0 else text.rfind(".", 0, int(len(text) * depth)) + 1
+    spots.append((pos, needle))
+  for pos, needle in sorted(spots, key=lambda x: x[0], reverse=True):
+    text = text[:pos] + needle + text[pos:]
+  return text
+
+
+def _text_prompt(vocab: MultimodalVocab, fmt: PromptFormat, context: str, question: str) -> np.ndarray:
+  if fmt == "lwm":
+    return np.asarray([vocab.bos_id, *vocab.encode_text(LWM_TEMPLATE.format(context=context, question=question))],
+                      np.int32)
+  return np.asarray(chat_example(vocab, [{"role": "user", "content": f"{context} {question}"}])["tokens"], np.int32)
+
+
+def _window_trial(vocab: MultimodalVocab, task: NeedleTask, context_length: int, depth: float,
+                  rng: np.random.Generator, round_index: int, haystack: Haystack, fmt: PromptFormat,
+                  start: int) -> Trial:
+  """A prompt assembled as text from a window of haystack tokens (module docstring), at most context_length."""
+  needles = corpus.random_needles(rng, task.n_needles)
+  needles[0] = dataclasses.replace(needles[0], depth=depth)
+  asked = [needles[0]] + [needles[i] for i in sorted(rng.choice(np.arange(1, task.n_needles),
+                                                                size=task.n_asked - 1, replace=False))]
+  cities = [n.city for n in asked]
+  if fmt == "lwm":
+    texts, question = [lwm_needle(n.city, n.number) for n in needles], lwm_question(cities, task.n_needles > 1)
+  else:
+    texts, question = [" " + n.sentence for n in needles], corpus.needle_question(cities)
+  ids = haystack.ids
+  if ids is None:  # synthetic filler, about 12 tokens a sentence
+    ids = np.asarray(vocab.encode_text(" ".join(corpus.filler_sentences(rng, context_length // 8 + 1))), np.int32)
+    start = 0
+
+  def prompt(k: int) -> np.ndarray:
+    window = np.take(ids, np.arange(start, start + k), mode="wrap")
+    context = _insert_needles(vocab.decode_text(window) if k else "", texts, [n.depth for n in needles])
+    return _text_prompt(vocab, fmt, context, question)
+
+  k = context_length - len(prompt(0))
+  if k < 1:
+    raise ValueError(f"context length {context_length} is too short for the needles and the question")
+  tokens = prompt(k)
+  while len(tokens) > context_length and k > 0:  # re-encoding the window's text may merge or split pieces
+    k = max(0, k - (len(tokens) - context_length))
+    tokens = prompt(k)
+  if len(tokens) > context_length:
+    raise ValueError(f"context length {context_length} is too short for the needles and the question")
+  return Trial(context_length, depth, round_index, cities, [n.number for n in asked], tokens)
+
+
 def build_trial(vocab: MultimodalVocab, task: NeedleTask, context_length: int, depth: float,
                 rng: np.random.Generator, round_index: int) -> Trial:
   """A prompt of at most `context_length` tokens, with the needles at `depth` of the haystack.
@@ -121,14 +243,23 @@ def build_trial(vocab: MultimodalVocab, task: NeedleTask, context_length: int, d
 
 
 def build_grid(vocab: MultimodalVocab, task: NeedleTask, context_lengths: Sequence[int], depths: Sequence[float],
-               rounds: int, seed: int) -> list[Trial]:
-  """Every (context length, depth, round) trial, deterministic for `seed`."""
+               rounds: int, seed: int, *, haystack: Haystack = Haystack(), prompt_format: PromptFormat = "chat"
+               ) -> list[Trial]:
+  """Every (context length, depth, round) trial, deterministic for `seed`. The synthetic haystack in the
+  chat format is the demo's layout (`build_trial`); a haystack file or the lwm format is assembled as text."""
+  if prompt_format not in PROMPT_FORMATS:
+    raise ValueError(f"prompt format {prompt_format!r}: expected one of {', '.join(PROMPT_FORMATS)}")
+  longest = max(context_lengths)
   trials = []
   for length in context_lengths:
     for d_index, depth in enumerate(depths):
       for r in range(rounds):
         rng = np.random.default_rng([seed, length, d_index, r, task.n_needles, task.n_asked])
-        trials.append(build_trial(vocab, task, length, depth, rng, r))
+        if haystack.ids is None and prompt_format == "chat":
+          trials.append(build_trial(vocab, task, length, depth, rng, r))
+        else:
+          start = (r * longest) % len(haystack.ids) if haystack.ids is not None else 0
+          trials.append(_window_trial(vocab, task, length, depth, rng, r, haystack, prompt_format, start))
   return trials
 
 

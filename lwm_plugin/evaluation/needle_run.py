@@ -5,10 +5,11 @@ calls `evaluate_needle`. `prepare_needle` checks the model path (a MaxText items
 Hugging Face directory with a config.json and weights), the grid, every context length plus the
 answer budget against the model's `max_target_length` (CONFIG.yml and overrides: a model is not
 evaluated beyond its trained context unless `max_target_length=N` says so), the resolved config,
-the vocabulary and every prompt; it raises `UsageError` (or the config's and the prompt builder's
-ValueError) before anything is written. `run_needle` imports a Hugging Face model into
-`OUTPUT/hf_import/` (removed again, with an output directory it created, if the import fails),
-compiles the model once and answers every grid.
+the vocabulary, the haystack file and every prompt; it raises `UsageError` (or the config's and the
+prompt builder's ValueError) before anything is written. `run_needle` imports a Hugging Face model into
+`OUTPUT/hf_import/` (removed again, with an output directory it created, if the import fails), builds
+the KV-cache decoder (`inference.CachedDecoder`: one prefill per batch of prompts, one cached step per
+answer token) and answers every grid greedily over the text ids (`lwm_plugin.generation.loop`).
 
 Imports MaxText (through `lwm_plugin.integration`): import it after choosing the JAX platform.
 """
@@ -16,7 +17,6 @@ Imports MaxText (through `lwm_plugin.integration`): import it after choosing the
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -24,46 +24,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from conversion.spec import ConversionError
+from data_loaders.vision_prompts import text_mask
 from lwm_plugin import checkpoints, integration
-from lwm_plugin.config.files import ConfigError, peek
+from lwm_plugin.config.files import peek
 from lwm_plugin.config.lwm_config import check_keys
 from lwm_plugin.config.settings import model_vocab
 from lwm_plugin.evaluation import needle
-from lwm_plugin.integration.inference import GreedyDecoder, load_config
-
-
-class UsageError(ValueError):
-  """A request refused before any work, with nothing written (lwm-eval: `lwm-eval: error: ...`, rc 2)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Model:
-  """Where the weights are: a Hugging Face directory to import, or a MaxText items directory."""
-  path: Path
-  is_hf: bool
-
-
-_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def _locate_model(model: str) -> _Model:
-  path = Path(model)
-  if (path / "config.json").is_file():
-    try:
-      config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise UsageError(f"--model {model}: config.json is not readable JSON ({e})") from e
-    if not isinstance(config, dict) or not any((path / name).is_file() for name in _HF_WEIGHTS):
-      raise UsageError(f"--model {model}: a Hugging Face directory needs a config.json object and weights "
-                       f"({' or '.join(_HF_WEIGHTS)})")
-    return _Model(path, True)
-  if path.name != "items" and (path / "items").is_dir():
-    path = path / "items"
-  if not path.is_dir():
-    raise UsageError(f"--model {model}: neither a MaxText checkpoint items directory nor a Hugging Face directory "
-                     "(no config.json)")
-  return _Model(path, False)
+from lwm_plugin.generation import loop
+from lwm_plugin.integration import inference
+from lwm_plugin.model_source import ModelSource, UsageError, imported_items, locate_model
 
 
 def _check_grid(context_lengths: Sequence[int] | None, depths: Sequence[float], rounds: int, tasks) -> None:
@@ -89,11 +58,15 @@ def _model_length(config_file: str, overrides: Sequence[str]) -> int:
   return length
 
 
+def _budget(tasks) -> int:
+  return max(needle.answer_budget(task) for task in tasks)
+
+
 def _fit_lengths(config_file: str, overrides: Sequence[str], context_lengths: Sequence[int] | None,
                  tasks) -> tuple[list[int], int]:
   """(context lengths, the max_target_length to run with). Raises UsageError if a prompt and its answer
   exceed the model's max_target_length; None lengths: a quarter, half and all of what fits."""
-  budget = max(needle.answer_budget(task) for task in tasks)
+  budget = _budget(tasks)
   model_length = _model_length(config_file, overrides)
   fits = model_length - budget
   if fits < 1:
@@ -118,7 +91,7 @@ class NeedleRun:
   it (`prepare_needle`) reads files and resolves the config but writes nothing."""
   config: Any
   vocab: Any
-  model: _Model
+  model: ModelSource
   config_file: str
   overrides: tuple[str, ...]
   grids: list
@@ -126,34 +99,31 @@ class NeedleRun:
 
 
 def prepare_needle(config_file: str, model: str, overrides: Sequence[str], *, context_lengths: Sequence[int] | None,
-                   depths: Sequence[float], tasks, rounds: int, seed: int, output: str | Path) -> NeedleRun:
+                   depths: Sequence[float], tasks, rounds: int, seed: int, output: str | Path,
+                   haystack: str | None = None, prompt_format: needle.PromptFormat = "chat") -> NeedleRun:
   """Every check lwm-eval makes before any work: the model path, the grid, the lengths against the model's
-  max_target_length, the resolved config, the vocabulary and every prompt. Raises UsageError (or ConfigError
-  / ValueError from the config keys, the config and the prompt builder); writes nothing."""
+  max_target_length, the resolved config, the vocabulary, the haystack file and every prompt. Raises UsageError
+  (or ConfigError / ValueError from the config keys, the config and the prompt builder); writes nothing."""
   check_keys(config_file, overrides)
   out = Path(output)
   if out.exists() and not out.is_dir():
     raise UsageError(f"--output {out}: exists and is not a directory")
-  located = _locate_model(model)
+  located = locate_model(model)
   _check_grid(context_lengths, depths, rounds, tasks)
+  if haystack is not None and not Path(haystack).is_file():
+    raise UsageError(f"--haystack {haystack}: no such file")
   context_lengths, max_target_length = _fit_lengths(config_file, overrides, context_lengths, tasks)
-  checkpoint = out / "hf_import" / "0" / "items" if located.is_hf else located.path
-  config = load_config(["lwm-eval", config_file, "run_name=lwm_eval", "enable_checkpointing=false",
-                        f"load_parameters_path={checkpoint}", *overrides, f"max_target_length={max_target_length}"])
+  checkpoint = imported_items(out / "hf_import") if located.is_hf else located.path
+  config = inference.load_config(["lwm-eval", config_file, "run_name=lwm_eval", "enable_checkpointing=false",
+                                  f"load_parameters_path={checkpoint}", *overrides,
+                                  f"max_target_length={max_target_length}",
+                                  # the KV cache: prompts up to here, the answer budget after
+                                  f"max_prefill_predict_length={max_target_length - _budget(tasks)}"])
   vocab, _ = model_vocab(config)  # a text or a multimodal model; any other size is an error
-  grids = [needle.build_grid(vocab, task, context_lengths, depths, rounds, seed) for task in tasks]
+  filler = needle.read_haystack(haystack, vocab) if haystack is not None else needle.Haystack()
+  grids = [needle.build_grid(vocab, task, context_lengths, depths, rounds, seed, haystack=filler,
+                             prompt_format=prompt_format) for task in tasks]
   return NeedleRun(config, vocab, located, config_file, tuple(overrides), list(zip(tasks, grids)), out)
-
-
-def _import_hf(run: NeedleRun) -> None:
-  """The Hugging Face model imported into OUTPUT/hf_import (`lwm_plugin.checkpoints.from_hf`); UsageError if it fails."""
-  target = run.output / "hf_import"
-  if target.exists():
-    shutil.rmtree(target)
-  try:
-    checkpoints.from_hf(run.config_file, str(run.model.path), str(target), overrides=run.overrides, dtype="float32")
-  except (ConversionError, ConfigError) as e:
-    raise UsageError(f"--model {run.model.path}: importing the Hugging Face model failed: {e}") from e
 
 
 def run_needle(run: NeedleRun, log=print) -> list[tuple[Path, Path, float]]:
@@ -161,25 +131,24 @@ def run_needle(run: NeedleRun, log=print) -> list[tuple[Path, Path, float]]:
   heatmap PNG, mean accuracy) per task."""
   created = not run.output.exists()
   run.output.mkdir(parents=True, exist_ok=True)
-  if run.model.is_hf:
-    try:
-      _import_hf(run)
-    except BaseException:
-      shutil.rmtree(run.output / "hf_import", ignore_errors=True)
-      if created:
-        shutil.rmtree(run.output, ignore_errors=True)
-      raise
+  try:
+    checkpoints.import_for_inference(run.config_file, run.model, run.output / "hf_import", overrides=run.overrides)
+  except BaseException:
+    if created:
+      shutil.rmtree(run.output, ignore_errors=True)
+    raise
   config, vocab = run.config, run.vocab
   integration.install()
-  decoder = GreedyDecoder(config)
-  text_ids = np.arange(vocab.text_size)  # the answer is text: greedy over the text ids only
+  decoder = inference.CachedDecoder(config)
+  answer_ids = text_mask(vocab, decoder.vocab_size)  # the answer is text: greedy over the text ids only
 
   def generate(prompts, max_new_tokens):
     start = time.time()
-    outs = decoder.generate(prompts, max_new_tokens, stop_ids=(vocab.eos_id,), allowed_ids=text_ids)
+    outs = loop.generate_text(decoder, prompts, max_new_tokens=max_new_tokens, stop_ids=(vocab.eos_id,),
+                              allowed_V=answer_ids)
     log(f"{len(prompts)} prompts of up to {max(len(p) for p in prompts)} tokens answered in "
-        f"{time.time() - start:.1f} s")
-    return [vocab.decode_text([int(t) for t in o if t != vocab.eos_id]) for o in outs]
+        f"{time.time() - start:.1f} s (prefill {outs[0].prefill_s:.1f} s)")
+    return [vocab.decode_text([int(t) for t in o.new_ids if t != vocab.eos_id]) for o in outs]
 
   reports = []
   for task, trials in run.grids:
@@ -192,11 +161,12 @@ def run_needle(run: NeedleRun, log=print) -> list[tuple[Path, Path, float]]:
 
 def evaluate_needle(config_file: str, model: str, overrides: Sequence[str], *, context_lengths: Sequence[int],
                     depths: Sequence[float], tasks, rounds: int, seed: int, output: str | Path,
+                    haystack: str | None = None, prompt_format: needle.PromptFormat = "chat",
                     log=print) -> list[tuple[Path, Path, float]]:
   """Runs the grid for each `needle.NeedleTask` in `tasks` with one model (imported and compiled once);
   returns (results JSON, heatmap PNG, mean accuracy) per task. Checks everything first (`prepare_needle`)."""
   run = prepare_needle(config_file, model, overrides, context_lengths=context_lengths, depths=depths, tasks=tasks,
-                       rounds=rounds, seed=seed, output=output)
+                       rounds=rounds, seed=seed, output=output, haystack=haystack, prompt_format=prompt_format)
   return run_needle(run, log)
 
 

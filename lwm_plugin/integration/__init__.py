@@ -153,13 +153,57 @@ USED_TABLE: tuple[Used, ...] = (
         remove_when="an attention-kernel registry that validates inputs before dispatch",
     ),
     Used(
-        target="maxtext.layers.attention_op:AttentionOp.apply_attention_dot",
-        params=("self", "query", "key", "value", "decoder_segment_ids", "model_mode", "previous_chunk",
-                "segment_positions", "bidirectional_mask", "sinks", "indexer_mask", "compressed_mask",
-                "record_max_logits", "decoder_segment_ids_kv", "qk_product_einsum", "wv_product_einsum"),
-        reason="attention: ring has no KV cache; prefill and decode call MaxText's dot-product path with every "
-               "keyword apply_attention received",
-        remove_when="MaxText has an attention-kernel registry (a kernel could then name its decode fallback)",
+        target="maxtext.layers.attention_op:AttentionOp.normalize_attention",
+        params=("self", "local_outs", "local_maxes", "local_sums"),
+        reason="attention: ring's decode step returns (unnormalised output, max, sum) for each cache, the partials "
+               "MaxText merges here (prefill cache + generated tokens); the layout must stay MaxText's",
+        remove_when="an attention-kernel registry with a decode entry point returning the merged output",
+    ),
+    Used(
+        target="maxtext.inference.kvcache:KVCache.kv_cache_prefill",
+        params=("self", "key", "value", "decoder_segment_ids"),
+        reason="ring prefill leaves the cache write to MaxText's KVCache (split over the context axis by the "
+               "cache_sequence rule); CachedDecoder's prompts are one segment (id 1) per row as it expects",
+        remove_when="MaxText documents its KV-cache layout as an API",
+    ),
+    Used(
+        target="maxtext.inference.kvcache:KVCache.kv_cache_autoregressive",
+        params=("self", "key", "value", "use_ragged_attention"),
+        reason="the ring decode step shows a cached token iff this method marked it DECODING_ACTIVE_SEQUENCE_INDICATOR "
+               "(its visibility rule, as MaxText's dot_product decode)",
+        remove_when="MaxText documents its KV-cache layout as an API",
+    ),
+    Used(
+        target="maxtext.utils.model_creation_utils:from_pretrained",
+        params=("config", "mesh", "devices", "model_mode", "rng_key", "wrap_with_tunix_adapter", "tokenizer_pad_id",
+                "quant_mode_str"),
+        reason="the decoders (integration/inference.py) build the model and load load_parameters_path as MaxText "
+               "does, with the KV caches of model_mode autoregressive",
+        remove_when="MaxText exposes a public inference engine that takes a model config (maxengine needs JetStream)",
+    ),
+    Used(
+        target="maxtext.models.models:Transformer.__call__",
+        params=("self", "decoder_input_tokens", "decoder_positions", "decoder_segment_ids", "cache", "encoder_images",
+                "encoder_image_masks", "encoder_videos", "encoder_video_masks", "encoder_video_grid_thw",
+                "encoder_audios", "enable_dropout", "model_mode", "previous_chunk", "true_length", "slot",
+                "decoder_target_tokens", "decoder_target_mask", "kv_caches", "attention_metadata",
+                "forced_routed_experts", "decoder_input_embeddings"),
+        reason="CachedDecoder calls the model by keyword in model_mode prefill and autoregressive, as maxengine does",
+        remove_when="MaxText exposes a public inference engine that takes a model config (maxengine needs JetStream)",
+    ),
+    Used(
+        target="maxtext.trainers.pre_train.train_compile:get_topology_mesh",
+        params=("config",),
+        reason="the decode --check (integration/aot_decode.py) compiles for the same TPU topology mesh as "
+               "`lwm-train --check` (MaxText's train_compile)",
+        remove_when="MaxText has an AOT entry point for its inference programs",
+    ),
+    Used(
+        target="maxtext.utils.model_creation_utils:create_nnx_abstract_model",
+        params=("config", "mesh", "devices", "model_mode", "rng_key", "quant_mode_str"),
+        reason="the decode --check compiles an abstract model with the KV caches of model_mode autoregressive "
+               "(no weights read)",
+        remove_when="MaxText has an AOT entry point for its inference programs",
     ),
 )
 

@@ -81,7 +81,13 @@ def _ring_kernels(hlo: str) -> int:
   return sum(1 for line in hlo.splitlines() if _TPU_CUSTOM_CALL.search(line) and _RING_KERNEL.search(line))
 
 
-def _check_ring_kernels(hop: str | None, count: int) -> None:
+def hlo_counts(hlo: str) -> dict[str, int]:
+  """The report's HLO figures of a compiled TPU program: collective-permutes, tpu_custom_calls, ring hop kernels."""
+  return dict(collective_permutes=len(_PERMUTE.findall(hlo)), tpu_custom_calls=len(_TPU_CUSTOM_CALL.findall(hlo)),
+              ring_kernels=_ring_kernels(hlo))
+
+
+def check_ring_kernels(hop: str | None, count: int) -> None:
   """Raises if the compiled HLO disagrees with the hop the report names (no silent fallback)."""
   if hop == "mosaic" and count == 0:
     raise RuntimeError("the ring hop should compile to the Mosaic kernels (ring_hop_fwd, ring_hop_dq, ring_hop_dkv), "
@@ -131,9 +137,7 @@ def compile_train_step(argv: Sequence[str], config: Any, config_file: str, seam)
   memory = captured.compiled.memory_analysis()
   hlo = captured.compiled.as_text()
   mesh = {axis: int(size) for axis, size in captured.mesh.shape.items() if size > 1}
-  ring_kernels = _ring_kernels(hlo)
-  _check_ring_kernels(base["ring_hop"], ring_kernels)
+  counts = hlo_counts(hlo)
+  check_ring_kernels(base["ring_hop"], counts["ring_kernels"])
   return CompileReport(**base, mesh=mesh, compiled=True, argument_bytes=int(memory.argument_size_in_bytes),
-                       temp_bytes=int(memory.temp_size_in_bytes), collective_permutes=len(_PERMUTE.findall(hlo)),
-                       tpu_custom_calls=len(_TPU_CUSTOM_CALL.findall(hlo)), ring_kernels=ring_kernels,
-                       compile_seconds=captured.seconds)
+                       temp_bytes=int(memory.temp_size_in_bytes), **counts, compile_seconds=captured.seconds)

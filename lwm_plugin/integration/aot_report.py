@@ -105,17 +105,19 @@ class CompileReport:
     """The human-readable report."""
     mesh = " x ".join(f"{axis} {size}" for axis, size in self.mesh.items()) or "one device"
     attention = f"{self.attention} ({self.ring_impl}: {self.ring_hop} hop)" if self.ring_hop else self.attention
+    flops = (f"; {self.model_flops_per_step:.3e} FLOPs (model), {self.model_flops_per_step / self.chips:.3e} per chip"
+             if self.model_flops_per_step else "")
     out = [f"{self.config_file} (stage {self.stage or '?'}) on {self.topology}: {self.chips} chips, mesh {mesh}, "
            f"attention {attention}",
-           f"  step: {self.sequences_per_step} sequences x {self.seq_len} tokens = {self.tokens_per_step:,} tokens; "
-           f"{self.model_flops_per_step:.3e} FLOPs (model), {self.model_flops_per_step / self.chips:.3e} per chip"]
+           f"  step: {self.sequences_per_step} sequences x {self.seq_len} tokens = {self.tokens_per_step:,} tokens{flops}"]
     hbm = f"{self.hbm / GIB:.2f} GiB HBM" if self.hbm else "HBM unknown for this generation"
     if self.compiled:
       out.append(f"  per chip: arguments {self.argument_bytes / GIB:.2f} GiB + temporaries {self.temp_bytes / GIB:.2f} "
                  f"GiB = {self.per_chip_bytes / GIB:.2f} GiB of {hbm}: {'fits' if self.fits else 'DOES NOT FIT'}")
       ring = f" ({self.ring_kernels} ring hop kernels)" if self.ring_hop else ""
-      out.append(f"  compiled in {self.compile_seconds:.0f} s; HLO: {self.collective_permutes} collective-permute, "
-                 f"{self.tpu_custom_calls} tpu_custom_call{ring}")
+      hlo = (f"; HLO: {self.collective_permutes} collective-permute, {self.tpu_custom_calls} tpu_custom_call{ring}"
+             if self.collective_permutes is not None else "")
+      out.append(f"  compiled in {self.compile_seconds:.0f} s{hlo}")
     elif self.required_bytes is not None:
       out.append(f"  per chip: DOES NOT FIT: the compiler needs {self.required_bytes / GIB:.2f} GiB of temporaries, "
                  f"{self.available_bytes / GIB:.2f} GiB of HBM are available to it ({hbm})")

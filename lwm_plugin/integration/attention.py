@@ -13,8 +13,17 @@ segment ids and positions to the ring's specs first, as MaxText's own kernels do
 `dot_product` takes: integer-valued float segment ids (MaxText's tests build them as float32).
 MaxText methods called here without being patched are `Used` rows of the seam table.
 
-Modes: train mode runs the ring. Prefill and autoregressive decode use MaxText's dot-product path
-(correct, logged once per mode); the ring kernel has no KV cache.
+Modes (MaxText's own inference path, `maxengine`/`decode.py`, and `integration.inference.CachedDecoder`):
+* train and prefill run the ring over the prompt. Prefill returns the normalised output (MaxText's
+  `AttentionOp.__call__` passes it through when there is no decode cache); MaxText's `KVCache` stores
+  K/V, and with `attention: ring` the config class maps the logical axis `cache_sequence` to the
+  context axis (`lwm_plugin.config.lwm_config`), so each device keeps S / N cached tokens.
+* autoregressive: MaxText calls `apply_attention` twice per layer, on the prefill cache and on the
+  cache of generated tokens, and merges the two partial results by their softmax statistics
+  (`AttentionOp.normalize_attention`). Each call here is `sharded_decode_attention`: every device
+  attends its own cache shard and the shards combine by pmax/psum of (max, sum, weighted V), so no
+  K/V is gathered. Visibility is MaxText's decode rule: a cached token is seen iff its segment id is
+  `DECODING_ACTIVE_SEQUENCE_INDICATOR` (prompts are one segment per row; padding 0).
 
 Load balancing: MaxText's own. With `context_parallel_load_balance: true` (the default) MaxText
 reorders each global batch once, at data loading, into its DUAL_CHUNK_SWAP layout
@@ -32,21 +41,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from typing import Any
 
 import jax
-from maxtext.common.common_types import (BATCH_ATTN, HEAD, KV_HEAD, MODEL_MODE_AUTOREGRESSIVE, MODEL_MODE_TRAIN,
-                                         Q_LENGTH, AttentionType)
+from maxtext.common.common_types import (BATCH_ATTN, CACHE_SEQUENCE, DECODE_BATCH, DECODING_ACTIVE_SEQUENCE_INDICATOR,
+                                         HEAD, KV_HEAD, MODEL_MODE_AUTOREGRESSIVE, MODEL_MODE_PREFILL,
+                                         MODEL_MODE_TRAIN, Q_LENGTH, AttentionType)
 
 from lwm_plugin.kernels.ring.common import BlockSizes
-from lwm_plugin.ring_attention import sharded_ring_attention
-
-logger = logging.getLogger("lwm_plugin.integration")
+from lwm_plugin.ring_attention import sharded_decode_attention, sharded_ring_attention
 
 RING = "ring"
-
-_fallback_logged: set[str] = set()
 
 
 def _axes(spec_entry) -> tuple[str, ...]:
@@ -76,7 +81,7 @@ def _ring_axes(op) -> tuple[tuple[str, ...], tuple[str, ...], str]:
 
 
 def _check_supported(op, args: dict[str, Any]) -> None:
-  """Raises for every per-call MaxText attention feature the ring does not implement."""
+  """Raises for every per-call MaxText attention feature the ring (and its decode step) does not implement."""
   unsupported = {
       "bidirectional_mask": args["bidirectional_mask"] is not None,
       "sinks": args["sinks"] is not None,
@@ -84,8 +89,8 @@ def _check_supported(op, args: dict[str, Any]) -> None:
       "compressed_mask": args["compressed_mask"] is not None,
       "record_max_logits": bool(args["record_max_logits"]),
       "decoder_segment_ids_kv": args["decoder_segment_ids_kv"] is not None,
-      "previous_chunk": args["previous_chunk"] is not None,
       "use_ragged_attention": bool(args["use_ragged_attention"]),
+      "chunked prefill (previous_chunk)": args["previous_chunk"] is not None,
   }
   bad = [name for name, used in unsupported.items() if used]
   if bad:
@@ -101,6 +106,11 @@ def _check_supported(op, args: dict[str, Any]) -> None:
   if query.shape[-1] != value.shape[-1]:
     raise ValueError(f"attention: ring needs equal q/k/v head dims: {query.shape=}, {value.shape=}")
   positions = args["segment_positions"]
+  if args["model_mode"] == MODEL_MODE_AUTOREGRESSIVE:
+    if args["decoder_segment_ids"] is None:
+      raise ValueError("attention: ring decodes with MaxText's KV cache, whose segment ids say which cached tokens "
+                       "are visible; got decoder_segment_ids=None")
+    return
   if positions is not None and positions.ndim != 2:
     raise ValueError(f"attention: ring needs [batch, seq] positions (no M-RoPE), got {positions.shape=}")
   if positions is None and op._load_balanced_context_parallel():  # pylint: disable=protected-access
@@ -124,6 +134,25 @@ def ring_attention_op(op, query, key, value, decoder_segment_ids, segment_positi
                                 scan_unroll=cfg.lwm_ring_scan_unroll, batch_axes=batch_axes, head_axes=head_axes)
 
 
+def _check_cache_sharding(op, ring_axis: str) -> None:
+  """The cache's sequence axis must be split over the ring axis (else the decode shard_map would reshard it)."""
+  seq = [a for a in _axes(op._logical_to_mesh_axes((CACHE_SEQUENCE,))[0])  # pylint: disable=protected-access
+         if op.mesh.shape[a] > 1]
+  if op.mesh.shape[ring_axis] > 1 and seq != [ring_axis]:
+    raise ValueError(f"attention: ring decodes from a KV cache split over {ring_axis!r}, but the logical axis "
+                     f"{CACHE_SEQUENCE!r} maps to {seq}; map it to [{ring_axis!r}] in logical_axis_rules")
+
+
+def ring_decode_op(op, query, key, value, decoder_segment_ids):
+  """One autoregressive `apply_attention` call: (unnormalised output, max, sum) over a sequence-sharded cache."""
+  _, head_axes, axis = _ring_axes(op)
+  _check_cache_sharding(op, axis)
+  batch_axes = _axes(op._logical_to_mesh_axes((DECODE_BATCH,))[0])  # pylint: disable=protected-access
+  visible = decoder_segment_ids == DECODING_ACTIVE_SEQUENCE_INDICATOR
+  return sharded_decode_attention(query, key, value, visible, mesh=op.mesh, axis_name=axis, batch_axes=batch_axes,
+                                  head_axes=head_axes)
+
+
 def apply_attention(original):
   """`AttentionOp.apply_attention` that handles `attention: ring` and delegates every other kernel."""
   signature = inspect.signature(original)
@@ -136,21 +165,13 @@ def apply_attention(original):
     bound.apply_defaults()
     a = bound.arguments
     mode = a["model_mode"]
-    if mode == MODEL_MODE_TRAIN:
-      _check_supported(self, a)
-      self.check_attention_inputs(a["query"], a["key"], a["value"])
-      out = ring_attention_op(self, a["query"], a["key"], a["value"], a["decoder_segment_ids"], a["segment_positions"])
-      return out, None, None
-    if mode not in _fallback_logged:
-      _fallback_logged.add(mode)
-      logger.warning("attention: ring has no KV cache; %s mode uses MaxText's dot_product attention", mode)
-    if a["use_ragged_attention"] and mode == MODEL_MODE_AUTOREGRESSIVE:
-      return original(*bound.args, **bound.kwargs)  # MaxText's ragged decode does not depend on the kernel name
-    return self.apply_attention_dot(
-        a["query"], a["key"], a["value"], a["decoder_segment_ids"], mode, a["previous_chunk"],
-        segment_positions=a["segment_positions"], bidirectional_mask=a["bidirectional_mask"], sinks=a["sinks"],
-        indexer_mask=a["indexer_mask"], compressed_mask=a["compressed_mask"], record_max_logits=a["record_max_logits"],
-        decoder_segment_ids_kv=a["decoder_segment_ids_kv"], qk_product_einsum=a["qk_product_einsum"],
-        wv_product_einsum=a["wv_product_einsum"])
+    if mode not in (MODEL_MODE_TRAIN, MODEL_MODE_PREFILL, MODEL_MODE_AUTOREGRESSIVE):
+      raise ValueError(f"attention: ring does not know model_mode {mode!r}")
+    _check_supported(self, a)
+    self.check_attention_inputs(a["query"], a["key"], a["value"])
+    if mode == MODEL_MODE_AUTOREGRESSIVE:
+      return ring_decode_op(self, a["query"], a["key"], a["value"], a["decoder_segment_ids"])
+    out = ring_attention_op(self, a["query"], a["key"], a["value"], a["decoder_segment_ids"], a["segment_positions"])
+    return out, None, None  # normalised: AttentionOp.__call__ passes it on when no sum comes with it
 
   return wrapper

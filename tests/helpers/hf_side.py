@@ -9,7 +9,10 @@ Usage: python hf_side.py JOBS.json, a list of jobs run in one process (torch imp
       (pytorch_model-0000k-of-00002.bin + pytorch_model.bin.index.json, written with torch.save);
   {"op": "logits", "model": DIR, "tokens": NPY, "out": NPY, "perturbed_out": NPY (optional)}
       float32 logits of `tokens` [B, S]; `perturbed_out` gets the logits after permuting q/k rows
-      to the interleaved RoPE layout, the mistake a converter could make (shows the test is sensitive).
+      to the interleaved RoPE layout, the mistake a converter could make (shows the test is sensitive);
+  {"op": "generate", "model": DIR, "prompts": [[ids...], ...], "max_new_tokens": N, "out": JSON}
+      transformers' greedy `generate` (do_sample=False, its KV cache, float32), one prompt at a time,
+      no stop token: the new ids of each prompt as a JSON list of lists.
 This file never imports the project (it runs in another interpreter).
 """
 
@@ -73,11 +76,25 @@ def logits(job):
       np.save(job["perturbed_out"], model(tokens).logits.float().numpy())
 
 
+def generate(job):
+  model = LlamaForCausalLM.from_pretrained(job["model"], dtype=torch.float32)
+  model.eval()
+  outs = []
+  with torch.no_grad():
+    for prompt in job["prompts"]:
+      ids = torch.tensor([prompt], dtype=torch.int64)
+      new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=job["max_new_tokens"],
+                           min_new_tokens=job["max_new_tokens"], do_sample=False, eos_token_id=None, pad_token_id=0)
+      outs.append(new[0, len(prompt):].tolist())
+  with open(job["out"], "w", encoding="utf-8") as f:
+    json.dump(outs, f)
+
+
 def main():
   with open(sys.argv[1], encoding="utf-8") as f:
     jobs = json.load(f)
   for job in jobs:
-    {"make": make, "logits": logits}[job["op"]](job)
+    {"make": make, "logits": logits, "generate": generate}[job["op"]](job)
     print("done", job["op"], job.get("out"), flush=True)
 
 
