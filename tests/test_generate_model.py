@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from helpers.full_forward_decoder import FullForwardDecoder
 from helpers.random_llama import write_random_llama
+from helpers.vqgan_files import TINY_GRID, write_random_vqgan
+from PIL import Image
 
 from data_loaders import synthetic_corpus as sc
 from data_loaders import vision_prompts as vp
@@ -27,6 +29,7 @@ from lwm_plugin.evaluation import cli as eval_cli
 from lwm_plugin.evaluation import needle
 from lwm_plugin.generation import generate_cli, loop
 from lwm_plugin.integration import inference
+from lwm_plugin.vision.vqgan import load_vqgan
 
 pytestmark = pytest.mark.slow
 
@@ -121,3 +124,45 @@ def test_needle_with_a_haystack_file_matches_the_full_forward(work, reference, m
   assert [t["response"] for t in doc["trials"]] == texts
   assert [t["prompt_tokens"] for t in doc["trials"]] == [len(t.tokens) for t in grid]
   assert all(230 <= len(t.tokens) <= 250 for t in grid)
+
+
+@pytest.fixture(name="vqgan", scope="module")
+def fixture_vqgan(work):
+  """A small random VQGAN with LWM's 16 x 16 grid and the tiny vocabulary's 64 codes (diffusers layout)."""
+  write_random_vqgan(work / "vq", "diffusers", TINY_GRID, seed=2)
+  return work / "vq"
+
+
+def test_an_image_question_reads_the_picture_through_the_vqgan(work, reference, vqgan, monkeypatch):
+  """`--image` = LWM's crop + the VQGAN's codes in the vision chat prompt; the answer equals the full forward's."""
+  vocab, ref = reference
+  monkeypatch.chdir(work)
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 256, (300, 200, 3), np.uint8)).save(work / "pic.png")
+  question = "Colour?"  # 256 codes + the template fit the 316-token prompt cache of SHORT
+  assert generate_cli.main(["--config", CONFIG, "--model", "imp/0/items", "--vqgan", "vq", "--image", "pic.png",
+                            "--prompt", question, "--max-new-tokens", "4", "--output", "i.json", SHORT]) == 0
+  (result,) = _results(work / "i.json")
+  # Independently: PIL's shorter-side resize to 256 + centre crop, x / 127.5 - 1, then the codec.
+  image = Image.open(work / "pic.png").convert("RGB")
+  w, h = image.size
+  image = image.resize((256, round(h * 256 / w)), Image.Resampling.BICUBIC)
+  top = (image.size[1] - 256) // 2
+  pixels = np.asarray(image, np.float32)[top:top + 256] / 127.5 - 1
+  codes_FxT = load_vqgan(vqgan).encode(pixels[None]).reshape(1, -1)
+  prompt = vp.chat_prompt_ids(vocab, question, vision_FxT=codes_FxT)
+  assert result["prompt_ids"] == prompt.tolist()
+  (want,) = loop.generate_text(ref, [prompt], max_new_tokens=4, stop_ids=[vocab.eos_id],
+                               allowed_V=vp.text_mask(vocab, ref.vocab_size))
+  assert result["new_ids"] == want.new_ids.tolist()
+
+
+def test_generated_codes_are_decoded_to_a_png_given_the_vqgan(work, reference, vqgan, monkeypatch):
+  monkeypatch.chdir(work)
+  assert generate_cli.main(["--config", CONFIG, "--model", "imp/0/items", "--generate", "image", "--prompt",
+                            "a blue cross", "--codes-output", "gen.jsonl", "--vqgan", "vq", SHORT]) == 0
+  (line,) = [json.loads(x) for x in (work / "gen.jsonl").read_text().splitlines()]
+  pixels = load_vqgan(vqgan).decode(np.asarray(line["vision"]).reshape(1, 16, 16))[0]
+  want = np.clip(np.round((pixels + 1) * 127.5), 0, 255).astype(np.uint8)
+  got = np.asarray(Image.open(work / "gen" / "1.png").convert("RGB"))
+  assert got.shape == (256, 256, 3) and np.abs(got.astype(int) - want).max() <= 1

@@ -10,14 +10,10 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, subprocess_env
-from helpers.vqgan_files import write_random_vqgan
+from helpers.vqgan_files import TINY_GRID as TINY, write_random_vqgan
 from lwm_plugin.vision import media, vision_cli as cli
 from lwm_plugin.vision.vqgan import load_vqgan
-from lwm_plugin.vision.vqgan_weights import VQGANConfig
 
-# 5 levels: 256x256 -> 16x16 codes as LWM's, with few channels (fast on CPU).
-TINY = VQGANConfig(block_channels=(8, 8, 8, 8, 8), num_res_blocks=1, z_channels=8, num_embeddings=64, embed_dim=8,
-                   norm_groups=4)
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,8 @@ from PIL import Image
 from conftest import REPO, read_metrics, run_lwm_train, subprocess_env
 from data_loaders import LoaderConfig
 from data_loaders.pipeline import source_stream
-from helpers.vqgan_files import write_random_vqgan
+from helpers.vqgan_files import TINY_GRID, write_random_vqgan
 from lwm_plugin.vision import manifest, prepare
-from lwm_plugin.vision.vqgan_weights import VQGANConfig
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
 
@@ -224,9 +223,7 @@ def test_beam_options_default_to_the_multiprocess_direct_runner():
 def test_generated_images_and_a_video_train_one_tiny_vision_step(tmp_path, tiny_lwm_data):
   """Item 5 of the issue: media -> `lwm-vision prepare` (CLI, default DirectRunner, a small random VQGAN
   with the tiny vocabulary's 64 codes) -> the Grain loader -> one `tiny_vision_1k.yml` training step."""
-  write_random_vqgan(tmp_path / "vq", "diffusers", VQGANConfig(block_channels=(8, 8, 8, 8, 8), num_res_blocks=1,
-                                                               z_channels=8, num_embeddings=64, embed_dim=8,
-                                                               norm_groups=4), seed=1)
+  write_random_vqgan(tmp_path / "vq", "diffusers", TINY_GRID, seed=1)
   rng = np.random.default_rng(0)
   rows = []
   for k in range(6):

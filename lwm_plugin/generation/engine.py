@@ -39,6 +39,10 @@ from lwm_plugin.generation import loop
 from lwm_plugin.generation.request import GenerateRequest
 from lwm_plugin.integration import inference
 from lwm_plugin.model_source import UsageError, imported_items
+from lwm_plugin.vision import media
+from lwm_plugin.vision.commands import VisionError, decode_file
+from lwm_plugin.vision.vqgan import load_vqgan
+from lwm_plugin.vision.vqgan_weights import VQGANWeightsError
 
 
 @dataclasses.dataclass
@@ -52,6 +56,7 @@ class Prepared:
   max_prompt_length: int
   import_dir: Path | None      # where a Hugging Face model is imported
   temporary_import: bool
+  codec: Any = None            # the VQGAN (`--vqgan`), loaded and checked before any decoding
 
 
 def _int_key(config_file: str, overrides: Sequence[str], key: str) -> int:
@@ -85,7 +90,8 @@ def _new_tokens(request: GenerateRequest) -> int:
   return request.max_new_tokens
 
 
-def _prompt_ids(request: GenerateRequest, vocab: Any, is_text_model: bool) -> tuple[list[np.ndarray], list[str]]:
+def _prompt_ids(request: GenerateRequest, vocab: Any, is_text_model: bool,
+                codec: Any) -> tuple[list[np.ndarray], list[str]]:
   if request.mode in ("image", "video"):
     if is_text_model:
       raise UsageError(f"--generate {request.mode} needs a multimodal model; {request.config_file} has a text "
@@ -94,7 +100,10 @@ def _prompt_ids(request: GenerateRequest, vocab: Any, is_text_model: bool) -> tu
         request.prompts)
   if request.mode == "understand":
     if is_text_model:
-      raise UsageError(f"--vision-codes needs a multimodal model; {request.config_file} has a text vocabulary")
+      raise UsageError(f"--vision-codes/--image/--video need a multimodal model; {request.config_file} has a "
+                       "text vocabulary")
+    if request.media:
+      return _media_prompt_ids(request, vocab, codec), [request.question] * len(request.media)
     prompts = []
     for item in request.vision:
       try:
@@ -105,6 +114,30 @@ def _prompt_ids(request: GenerateRequest, vocab: Any, is_text_model: bool) -> tu
     return prompts, [item.question for item in request.vision]
   build = vp.raw_prompt_ids if request.raw else vp.chat_prompt_ids
   return [build(vocab, p) for p in request.prompts], list(request.prompts)
+
+
+def _load_vqgan(path: Path):
+  try:
+    return load_vqgan(path)
+  except (VQGANWeightsError, ValueError, OSError) as e:
+    raise UsageError(f"--vqgan {path}: {e}") from e
+
+
+def _media_prompt_ids(request: GenerateRequest, vocab: Any, codec: Any) -> list[np.ndarray]:
+  """Each `--image`/`--video` file -> frames (LWM's 256x256 crop) -> VQGAN codes -> the vision chat prompt."""
+  prompts = []
+  for path in request.media:
+    try:
+      frames_FxHxWx3 = media.read_media(path, fps=request.fps, max_frames=request.max_frames)
+    except media.MediaError as e:
+      raise UsageError(f"--image/--video {e}") from e
+    codes_FxT = np.asarray(codec.encode(frames_FxHxWx3)).reshape(len(frames_FxHxWx3), -1)
+    try:
+      frames = vision_frames(codes_FxT.tolist(), vocab, None, "vision")
+    except LWMFormatError as e:
+      raise UsageError(f"--image/--video {path}: the VQGAN's codes do not fit the model's vocabulary ({e})") from e
+    prompts.append(vp.chat_prompt_ids(vocab, request.question, vision_FxT=frames))
+  return prompts
 
 
 def prepare(request: GenerateRequest) -> Prepared:
@@ -120,12 +153,13 @@ def prepare(request: GenerateRequest) -> Prepared:
                                   "enable_checkpointing=false", f"load_parameters_path={items}", *request.overrides,
                                   f"max_target_length={total}", f"max_prefill_predict_length={max_prompt}"])
   vocab, is_text_model = model_vocab(config)
-  prompts, labels = _prompt_ids(request, vocab, is_text_model)
+  codec = None if request.vqgan is None else _load_vqgan(request.vqgan)
+  prompts, labels = _prompt_ids(request, vocab, is_text_model, codec)
   for k, ids in enumerate(prompts):
     if len(ids) > max_prompt:
       raise UsageError(f"prompt {k + 1} has {len(ids)} tokens; the cache holds {max_prompt} prompt tokens "
                        f"(max_target_length {total} minus the new tokens)")
-  return Prepared(request, config, vocab, prompts, labels, max_prompt, import_dir, temporary)
+  return Prepared(request, config, vocab, prompts, labels, max_prompt, import_dir, temporary, codec)
 
 
 def _text(vocab: Any, gen: loop.Generation, stops: Sequence[int]) -> str:
@@ -215,5 +249,10 @@ def run(prepared: Prepared, log: Callable[[str], None] = print,
     _write_results(request.output, results)
   if request.codes_output is not None:
     _write_codes(request.codes_output, prepared.vocab, prepared.labels, results)
+    if request.vqgan is not None:
+      try:
+        decode_file(prepared.codec, request.codes_output, request.pixels_dir, log=log)
+      except VisionError as e:
+        raise UsageError(f"--vqgan {request.vqgan}: {e}") from e
   sys.stdout.flush()
   return results

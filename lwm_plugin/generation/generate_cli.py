@@ -5,8 +5,11 @@
   text        --prompt TEXT (repeatable) | --prompt-file F (one prompt per line)   [--raw: no chat template]
               --interactive: a chat loop on standard input (history kept; end with Ctrl-D)
   vision      --vision-codes CODES.jsonl: lines {"vision": [[codes] per frame], "prompt": optional question},
-              asked --prompt QUESTION unless the line has its own; the answer is text
+              asked --prompt QUESTION unless the line has its own; or --image PNG ... / --video MP4 ...
+              --vqgan WEIGHTS [--fps 4] [--max-frames 8], each asked the one --prompt; the answer is text
   generation  --generate image|video --prompt CAPTION ... [--frames N] [--cfg-scale S] --codes-output CODES.jsonl
+              [--vqgan WEIGHTS: also decoded to DIR/<line>.png or .mp4 + .gif, DIR = --pixels-dir or
+              the codes file's path without its suffix]
   sampling    --temperature T (0: greedy, the default) --top-k K --top-p P --seed S
               --max-new-tokens N (text answers) --stop-id ID (repeatable; default: EOS)
 
@@ -55,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--raw", action="store_true", help="no chat template: <s> and the prompt's text")
   p.add_argument("--interactive", action="store_true", help="chat loop on standard input")
   p.add_argument("--vision-codes", help="JSONL of VQGAN codes to ask about, one visual input per line")
+  p.add_argument("--image", action="append", default=[], help="an image to ask about (repeatable; needs --vqgan)")
+  p.add_argument("--video", action="append", default=[], help="a video to ask about (repeatable; needs --vqgan)")
+  p.add_argument("--vqgan", help="VQGAN weights (diffusers VQModel dir or LWM's vqgan file): frames <-> codes")
+  p.add_argument("--fps", type=float, default=None, help="video frames read per second (default 4)")
+  p.add_argument("--max-frames", type=int, default=None, help="at most this many frames per video (default 8)")
+  p.add_argument("--pixels-dir", help="--generate with --vqgan: where the decoded frames go")
   p.add_argument("--generate", choices=("image", "video"), help="generate VQGAN codes from each caption")
   p.add_argument("--frames", type=int, help="frames per generated video (image: 1; video default 4)")
   p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default 1.0: no guidance)")
@@ -89,9 +98,12 @@ def build_request(args: argparse.Namespace) -> request_lib.GenerateRequest:
   common = dict(config_file=config_file, model=model, overrides=tuple(args.overrides), sampling=sampling,
                 output=request_lib.check_output("--output", args.output),
                 import_dir=None if args.import_dir is None else Path(args.import_dir))
+  vqgan = request_lib.check_vqgan(args.vqgan)
   if args.generate:
-    _refuse(args, ["--vision-codes", "--interactive", "--stop-id", "--max-new-tokens"],
-            "does not apply to --generate (codes until the last frame)")
+    _refuse(args, ["--vision-codes", "--interactive", "--stop-id", "--max-new-tokens", "--image", "--video",
+                   "--fps", "--max-frames"], "does not apply to --generate (codes until the last frame)")
+    if args.pixels_dir is not None and vqgan is None:
+      raise UsageError("--pixels-dir needs --vqgan WEIGHTS (the VQGAN that decodes the codes)")
     frames = args.frames if args.frames is not None else (1 if args.generate == "image" else 4)
     if frames < 1 or (args.generate == "image" and frames != 1):
       raise UsageError(f"--frames {frames}: an image is 1 frame, a video 1 or more")
@@ -99,11 +111,17 @@ def build_request(args: argparse.Namespace) -> request_lib.GenerateRequest:
       raise UsageError("--generate needs captions (--prompt or --prompt-file)")
     if args.codes_output is None:
       raise UsageError("--generate needs --codes-output CODES.jsonl (where the generated frames go)")
+    codes_output = request_lib.check_output("--codes-output", args.codes_output)
+    pixels_dir = None
+    if vqgan is not None:
+      pixels_dir = Path(args.pixels_dir) if args.pixels_dir else codes_output.with_suffix("")
+      if pixels_dir.exists() and not pixels_dir.is_dir():
+        raise UsageError(f"--pixels-dir {pixels_dir}: exists and is not a directory")
     return request_lib.GenerateRequest(
         **common, mode=args.generate, prompts=prompts, raw=args.raw, frames=frames,
-        cfg_scale=1.0 if args.cfg_scale is None else args.cfg_scale,
-        codes_output=request_lib.check_output("--codes-output", args.codes_output))
-  _refuse(args, ["--frames", "--cfg-scale", "--codes-output"], "applies to --generate only")
+        cfg_scale=1.0 if args.cfg_scale is None else args.cfg_scale, codes_output=codes_output, vqgan=vqgan,
+        pixels_dir=pixels_dir)
+  _refuse(args, ["--frames", "--cfg-scale", "--codes-output", "--pixels-dir"], "applies to --generate only")
   max_new_tokens = 256 if args.max_new_tokens is None else args.max_new_tokens
   if max_new_tokens < 1:
     raise UsageError(f"--max-new-tokens {max_new_tokens}: expected at least 1")
@@ -111,6 +129,19 @@ def build_request(args: argparse.Namespace) -> request_lib.GenerateRequest:
     raise UsageError(f"--stop-id {min(args.stop_id)}: expected a token id >= 0")
   stops = None if args.stop_id is None else tuple(args.stop_id)
   text = dict(max_new_tokens=max_new_tokens, stop_ids=stops)
+  if args.image or args.video:
+    _refuse(args, ["--interactive", "--prompt-file", "--vision-codes", "--raw"],
+            "does not apply to --image/--video")
+    if len(prompts) != 1:
+      raise UsageError("--image/--video take one --prompt QUESTION (asked about every file)")
+    fps = 4.0 if args.fps is None else args.fps
+    max_frames = 8 if args.max_frames is None else args.max_frames
+    if fps <= 0 or max_frames < 1:
+      raise UsageError(f"--fps {fps} / --max-frames {max_frames}: expected a positive rate and at least 1 frame")
+    return request_lib.GenerateRequest(**common, **text, mode="understand", question=prompts[0],
+                                       media=request_lib.check_media([*args.image, *args.video], args.vqgan),
+                                       vqgan=vqgan, fps=fps, max_frames=max_frames)
+  _refuse(args, ["--vqgan", "--fps", "--max-frames"], "applies to --image/--video or --generate only")
   if args.vision_codes:
     _refuse(args, ["--interactive", "--prompt-file"], "does not apply to --vision-codes")
     if len(prompts) > 1:

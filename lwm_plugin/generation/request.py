@@ -7,10 +7,13 @@ before JAX or MaxText is imported, so every usage error is caught without loadin
               the chat template unless `raw`; or `interactive` (questions from standard input).
   understand  `--vision-codes CODES.jsonl`: one visual input per line, `{"vision": [[codes] per frame]}`
               (or a flat list of whole frames), with its question from the line's optional "prompt"
-              or from the one `--prompt`; the answer is text.
+              or from the one `--prompt`; or `--image`/`--video` files (`media`), tokenized by the
+              `--vqgan` (frames at `fps`, at most `max_frames`), each asked the one `--prompt`; the answer
+              is text.
   image/video `--generate`: one caption per prompt, `frames` frames each (an image is one frame),
               classifier-free guidance `cfg_scale`; the codes go to `codes_output` (lines
-              `{"prompt": ..., "vision": [[codes] per frame]}`, the `lwm-vision decode` input).
+              `{"prompt": ..., "vision": [[codes] per frame]}`, the `lwm-vision decode` input) and,
+              given `vqgan`, decoded to pixels in `pixels_dir` (`lwm-vision decode`'s names).
 
 Files are read and their structure checked here (`file:line` in every message); code ranges depend
 on the model's vocabulary and are checked once the config is resolved (`engine.prepare`).
@@ -21,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from lwm_plugin.generation.sampling_params import Sampling
 from lwm_plugin.model_source import ModelSource, UsageError
@@ -55,6 +58,12 @@ class GenerateRequest:
   output: Path | None = None
   codes_output: Path | None = None
   import_dir: Path | None = None              # where a Hugging Face model is imported (None: a temporary dir)
+  media: tuple[str, ...] = ()                 # understand: image/video files, read through the VQGAN
+  question: str | None = None                 # understand with media: the question asked about each file
+  vqgan: Path | None = None                   # VQGAN weights: media -> codes; generated codes -> pixels
+  pixels_dir: Path | None = None              # image/video with vqgan: where the decoded frames go
+  fps: float = 4.0                            # video frames per second read (LWM's training data: 4)
+  max_frames: int = 8                         # at most this many frames per video (LWM's vision_chat: 8)
 
 
 def read_prompt_file(path: str) -> tuple[str, ...]:
@@ -96,6 +105,25 @@ def read_vision_codes(path: str, question: str | None) -> tuple[VisionInput, ...
   if not inputs:
     raise UsageError(f"--vision-codes {path}: no line")
   return tuple(inputs)
+
+
+def check_media(paths: Sequence[str], vqgan: str | None) -> tuple[str, ...]:
+  """`--image`/`--video` files: each must exist, and the VQGAN weights must be given."""
+  if vqgan is None:
+    raise UsageError("--image/--video need --vqgan WEIGHTS (the VQGAN that turns frames into codes)")
+  for path in paths:
+    if not Path(path).is_file():
+      raise UsageError(f"--image/--video {path}: no such file")
+  return tuple(paths)
+
+
+def check_vqgan(path: str | None) -> Path | None:
+  """`--vqgan`: a diffusers VQModel directory or LWM's pickled `vqgan` file (read and checked later)."""
+  if path is None:
+    return None
+  if not Path(path).exists():
+    raise UsageError(f"--vqgan {path}: no such file or directory")
+  return Path(path)
 
 
 def check_output(option: str, path: str | None) -> Path | None:

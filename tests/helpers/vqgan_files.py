@@ -16,6 +16,9 @@ import numpy as np
 from lwm_plugin.vision.vqgan_weights import VQGANConfig, name_table, write_diffusers, write_lwm
 
 SMALL = VQGANConfig(block_channels=(32, 32, 64), num_res_blocks=1, z_channels=8, num_embeddings=64, embed_dim=8)
+# 5 levels: 256x256 -> 16x16 codes as LWM's, 64 codes as the tiny vocabulary's, few channels (fast on CPU).
+TINY_GRID = VQGANConfig(block_channels=(8, 8, 8, 8, 8), num_res_blocks=1, z_channels=8, num_embeddings=64, embed_dim=8,
+                        norm_groups=4)
 
 
 def random_params(config: VQGANConfig, seed: int = 0) -> dict[str, np.ndarray]:
