@@ -68,6 +68,36 @@ class _ResBlock(nn.Module):
     return x_BxHxWxC + h
 
 
+class _UpsampleConv(nn.Module):
+  """Nearest 2x upsampling then a 3x3 conv (padding 1), computed without materialising the upsampled map.
+
+  Output pixel (2i+a, 2j+b) of the conv reads upsampled rows 2i+a-1..2i+a+1, i.e. input rows
+  {i-1, i} (a = 0: kernel rows 0 | 1+2) or {i, i+1} (a = 1: kernel rows 0+1 | 2), and likewise for
+  columns: each of the 4 output phases is a 2x2 conv of the input with summed kernel taps, 16 taps per
+  input pixel instead of 36 (2.25x fewer FLOPs; equal up to float rounding).
+  """
+  c_out: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxhxwxC):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x_BxhxwxC.shape[-1], self.c_out), self.dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.c_out,), self.dtype)
+    x = x_BxhxwxC.astype(self.dtype)
+    rows = {0: (kernel[0], kernel[1] + kernel[2]), 1: (kernel[0] + kernel[1], kernel[2])}
+    phases = []
+    for a in (0, 1):
+      k_rows = jnp.stack(rows[a])   # [2, 3, Cin, Cout]
+      cols = {0: (k_rows[:, 0], k_rows[:, 1] + k_rows[:, 2]), 1: (k_rows[:, 0] + k_rows[:, 1], k_rows[:, 2])}
+      for b in (0, 1):
+        k_ab = jnp.stack(cols[b], axis=1)   # [2, 2, Cin, Cout]
+        phases.append(jax.lax.conv_general_dilated(
+            x, k_ab, (1, 1), ((1 - a, a), (1 - b, b)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    bsz, h, w, c = phases[0].shape
+    y = jnp.stack(phases).reshape(2, 2, bsz, h, w, c).transpose(2, 3, 0, 4, 1, 5).reshape(bsz, 2 * h, 2 * w, c)
+    return y + bias[None, None, None, :]
+
+
 class _Level(nn.Module):
   """One resolution level: res blocks, then a 2x down- or upsampling step unless it is the last level."""
   c_out: int
@@ -84,8 +114,7 @@ class _Level(nn.Module):
       h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))
       h = _conv(self.c_out, 3, "downsample", self.dtype, stride=2, padding="VALID")(h)
     elif self.resample == "up":
-      h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-      h = _conv(self.c_out, 3, "upsample", self.dtype)(h)
+      h = _UpsampleConv(self.c_out, self.dtype, name="upsample")(h)
     return h
 
 
