@@ -11,14 +11,15 @@ codes; 256x256 pixels -> 16x16 codes.
           distance, computed in float32, ties to the lowest index).
   decode: codebook lookup; post_quant_conv (1x1); the decoder reads the quantized latents; conv_in;
           mid; per level (deepest first): res blocks, then (all but the last) nearest 2x upsampling
-          and a 3x3 conv; GroupNorm, SiLU, conv_out; clipped to [-1, 1] as LWM does.
+          and a 3x3 conv (computed as four 2x2 convs, `_UpsampleConv`); GroupNorm, SiLU, conv_out;
+          clipped to [-1, 1] as LWM does.
   A res block: GroupNorm, SiLU, conv3x3, GroupNorm, SiLU, conv3x3, plus the input (through a 1x1
   conv when the channel count changes).
 Pixels are NHWC float in [-1, 1] (LWM: `uint8 / 127.5 - 1`); any H, W that are multiples of the
 downsampling factor work (LWM uses 256x256).
 
 `VQGANCodec` runs one jit-compiled program per padded batch shape on a 1-d `jax.sharding.Mesh`
-over `devices` (the batch split across devices, parameters replicated; no pmap). A call's batch is
+over `devices` (default: all of this process's devices; the batch split across devices, parameters replicated; no pmap). A call's batch is
 cut into chunks of `max_batch_per_device` x devices; a short chunk is padded to the next
 power-of-two multiple of the device count, so a stream of calls compiles a handful of shapes.
 Inputs are validated eagerly (shape, dtype, range), before anything is compiled or run.
@@ -226,7 +227,7 @@ class VQGANCodec:
     check_params(config, params)
     self.config = config
     self.dtype = dtype
-    self.devices = list(jax.devices() if devices is None else devices)
+    self.devices = list(jax.local_devices() if devices is None else devices)
     if not self.devices:
       raise ValueError("devices is empty")
     self.max_batch = max_batch_per_device * len(self.devices)
