@@ -11,14 +11,15 @@ codes; 256x256 pixels -> 16x16 codes.
           distance, computed in float32, ties to the lowest index).
   decode: codebook lookup; post_quant_conv (1x1); the decoder reads the quantized latents; conv_in;
           mid; per level (deepest first): res blocks, then (all but the last) nearest 2x upsampling
-          and a 3x3 conv; GroupNorm, SiLU, conv_out; clipped to [-1, 1] as LWM does.
+          and a 3x3 conv (computed as four 2x2 convs, `_UpsampleConv`); GroupNorm, SiLU, conv_out;
+          clipped to [-1, 1] as LWM does.
   A res block: GroupNorm, SiLU, conv3x3, GroupNorm, SiLU, conv3x3, plus the input (through a 1x1
   conv when the channel count changes).
 Pixels are NHWC float in [-1, 1] (LWM: `uint8 / 127.5 - 1`); any H, W that are multiples of the
 downsampling factor work (LWM uses 256x256).
 
 `VQGANCodec` runs one jit-compiled program per padded batch shape on a 1-d `jax.sharding.Mesh`
-over `devices` (the batch split across devices, parameters replicated; no pmap). A call's batch is
+over `devices` (default: all of this process's devices; the batch split across devices, parameters replicated; no pmap). A call's batch is
 cut into chunks of `max_batch_per_device` x devices; a short chunk is padded to the next
 power-of-two multiple of the device count, so a stream of calls compiles a handful of shapes.
 Inputs are validated eagerly (shape, dtype, range), before anything is compiled or run.
@@ -68,6 +69,36 @@ class _ResBlock(nn.Module):
     return x_BxHxWxC + h
 
 
+class _UpsampleConv(nn.Module):
+  """Nearest 2x upsampling then a 3x3 conv (padding 1), computed without materialising the upsampled map.
+
+  Output pixel (2i+a, 2j+b) of the conv reads upsampled rows 2i+a-1..2i+a+1, i.e. input rows
+  {i-1, i} (a = 0: kernel rows 0 | 1+2) or {i, i+1} (a = 1: kernel rows 0+1 | 2), and likewise for
+  columns: each of the 4 output phases is a 2x2 conv of the input with summed kernel taps, 16 taps per
+  input pixel instead of 36 (2.25x fewer FLOPs; equal up to float rounding).
+  """
+  c_out: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxhxwxC):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x_BxhxwxC.shape[-1], self.c_out), self.dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.c_out,), self.dtype)
+    x = x_BxhxwxC.astype(self.dtype)
+    rows = {0: (kernel[0], kernel[1] + kernel[2]), 1: (kernel[0] + kernel[1], kernel[2])}
+    phases = []
+    for a in (0, 1):
+      k_rows = jnp.stack(rows[a])   # [2, 3, Cin, Cout]
+      cols = {0: (k_rows[:, 0], k_rows[:, 1] + k_rows[:, 2]), 1: (k_rows[:, 0] + k_rows[:, 1], k_rows[:, 2])}
+      for b in (0, 1):
+        k_ab = jnp.stack(cols[b], axis=1)   # [2, 2, Cin, Cout]
+        phases.append(jax.lax.conv_general_dilated(
+            x, k_ab, (1, 1), ((1 - a, a), (1 - b, b)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    bsz, h, w, c = phases[0].shape
+    y = jnp.stack(phases).reshape(2, 2, bsz, h, w, c).transpose(2, 3, 0, 4, 1, 5).reshape(bsz, 2 * h, 2 * w, c)
+    return y + bias[None, None, None, :]
+
+
 class _Level(nn.Module):
   """One resolution level: res blocks, then a 2x down- or upsampling step unless it is the last level."""
   c_out: int
@@ -84,8 +115,7 @@ class _Level(nn.Module):
       h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))
       h = _conv(self.c_out, 3, "downsample", self.dtype, stride=2, padding="VALID")(h)
     elif self.resample == "up":
-      h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-      h = _conv(self.c_out, 3, "upsample", self.dtype)(h)
+      h = _UpsampleConv(self.c_out, self.dtype, name="upsample")(h)
     return h
 
 
@@ -197,7 +227,7 @@ class VQGANCodec:
     check_params(config, params)
     self.config = config
     self.dtype = dtype
-    self.devices = list(jax.devices() if devices is None else devices)
+    self.devices = list(jax.local_devices() if devices is None else devices)
     if not self.devices:
       raise ValueError("devices is empty")
     self.max_batch = max_batch_per_device * len(self.devices)

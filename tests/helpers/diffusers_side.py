@@ -6,8 +6,10 @@ Usage: python diffusers_side.py JOBS.json, a list of jobs run in one process (to
   {"op": "decode", "model": DIR, "codes": NPY, "out": NPY}
       float32 NHWC pixels of codes [B, h, w] (VQModel.decode with force_not_quantize=True: the
       codebook lookup of `lookup_from_codebook`), clipped to [-1, 1] as LWM does;
-  {"op": "bench", "model": DIR, "batch": B, "size": H, "runs": R, "threads": T, "out": JSON}
-      median seconds of encode and decode of a batch (torch CPU, `torch.set_num_threads(T)`).
+  {"op": "serve", "model": DIR, "batch": B, "size": H, "threads": T}
+      for the benchmark: prepares a batch of random pixels and its codes (torch CPU,
+      `torch.set_num_threads(T)`), prints "ready", then for each line "encode" or "decode" on stdin
+      runs that once and prints its wall seconds (so the caller can interleave its own timings).
 DIR is loaded with `VQModel.from_pretrained`, then its safetensors are loaded again with
 `load_state_dict(strict=True)`, so a missing, extra or misshapen tensor fails here, by diffusers' own rules.
 This file never imports the project (it runs in another interpreter).
@@ -15,7 +17,6 @@ This file never imports the project (it runs in another interpreter).
 
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -51,22 +52,16 @@ def decode(m, codes_Bxhxw):
   return out.sample.clamp(-1, 1).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def bench(m, job):
+def serve(m, job):
   torch.set_num_threads(job["threads"])
-  rng = np.random.default_rng(0)
-  pixels = rng.uniform(-1, 1, (job["batch"], job["size"], job["size"], 3)).astype(np.float32)
-  codes = encode(m, pixels)
-  result = {}
-  for name, fn, arg in (("encode", encode, pixels), ("decode", decode, codes)):
-    fn(m, arg)   # warm-up
-    times = []
-    for _ in range(job["runs"]):
-      start = time.perf_counter()
-      fn(m, arg)
-      times.append(time.perf_counter() - start)
-    result[f"{name}_s"] = statistics.median(times)
-  with open(job["out"], "w") as f:
-    json.dump(result, f)
+  pixels = np.random.default_rng(0).uniform(-1, 1, (job["batch"], job["size"], job["size"], 3)).astype(np.float32)
+  args = {"encode": (encode, pixels), "decode": (decode, encode(m, pixels))}
+  print("ready", flush=True)
+  for line in sys.stdin:
+    fn, arg = args[line.strip()]
+    start = time.perf_counter()
+    fn(m, arg)
+    print(time.perf_counter() - start, flush=True)
 
 
 def main():
@@ -78,8 +73,8 @@ def main():
       np.save(job["out"], encode(m, np.load(job["pixels"])))
     elif job["op"] == "decode":
       np.save(job["out"], decode(m, np.load(job["codes"])))
-    elif job["op"] == "bench":
-      bench(m, job)
+    elif job["op"] == "serve":
+      serve(m, job)
     else:
       raise ValueError(f"unknown op {job['op']!r}")
 
