@@ -83,10 +83,16 @@ def test_ring_kv_cache_decode_is_exact_against_transformers_and_the_full_forward
     np.testing.assert_array_equal(tokens, full.argmax(-1), err_msg=f"prompt {i}: full-forward greedy differs")
     np.testing.assert_array_equal(tokens, hf_tokens[i], err_msg=f"prompt {i}: transformers' greedy differs")
     assert len(set(tokens.tolist())) > 3, tokens  # a degenerate model would make equal tokens a weak check
+    np.testing.assert_array_equal(got[f"greedy_{i}"], tokens)
+  first = got["tokens_0"].tolist().index(got["tokens_0"][5])
+  np.testing.assert_array_equal(got["greedy_stopped"], got["tokens_0"][:first + 1])  # stops after the stop id
 
   # Memory and traffic: the cache is split over the 4 devices, and no all-gather moves a cache-sized operand.
   layers, length, kv_heads, batch, head_dim = got["prefill_cache_shape"]
   assert length == PREFILL and tuple(got["prefill_cache_shard"]) == (layers, PREFILL // 4, kv_heads, batch, head_dim)
-  gathered = [s for s in got["all_gather_shapes"].tolist() if s]
-  too_big = [s for s in gathered if any(int(d) >= PREFILL // 4 for d in s[s.index("[") + 1:s.index("]")].split(","))]
-  assert not too_big, f"the decode step all-gathers cache-sized operands: {too_big} (all: {gathered})"
+  for program in ("", "prefill_"):
+    gathered = [s for s in got[f"{program}all_gather_shapes"].tolist() if s]
+    assert gathered  # the weights are gathered (fsdp over the context axis): the parse sees all-gathers
+    too_big = [s for s in gathered if any(int(d) >= PREFILL // 4 for d in s[s.index("[") + 1:s.index("]")].split(","))]
+    assert not too_big, f"{program or 'decode step '}all-gathers cache-sized operands: {too_big} (all: {gathered})"
+  assert got["prefill_collective_permutes"] > 0  # the prefill is the ring: K/V blocks hop between the devices
