@@ -1,6 +1,6 @@
 """The KV-cache decoder against the full forward, in a process of its own (fake CPU devices).
 
-Usage: python cached_decode.py JOB.json, with
+Usage: python cached_decode.py JOBS.json, a list of (one model each, run in turn)
   {"config": YML, "overrides": [...], "checkpoint": ".../0/items", "prompts": NPZ (arrays p0, p1, ...),
    "max_new_tokens": N, "bucket": B, "out": NPZ}
 Writes to `out`: for each prompt i, `tokens_i` (greedy new ids through `CachedDecoder`), `cached_i`
@@ -42,10 +42,7 @@ def _gathered(hlo: str) -> list[str]:
   return [m.group(1) for m in re.finditer(r"= (\S+) all-gather\(", hlo)] or [""]
 
 
-def main():
-  with open(sys.argv[1], encoding="utf-8") as f:
-    job = json.load(f)
-  integration.install()
+def decode(job):
   config = load_config(["cached_decode", job["config"], "run_name=cached_decode", "enable_checkpointing=false",
                         f"load_parameters_path={job['checkpoint']}", *job["overrides"]])
   with np.load(job["prompts"]) as z:
@@ -84,6 +81,13 @@ def main():
     out[f"cached_{i}"] = np.stack(cached[i])
     out[f"full_{i}"] = full[i][len(p) - 1:]
   np.savez(job["out"], **out)
+
+
+def main():
+  integration.install()
+  with open(sys.argv[1], encoding="utf-8") as f:
+    for job in json.load(f):
+      decode(job)
 
 
 if __name__ == "__main__":
