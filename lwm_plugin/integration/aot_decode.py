@@ -8,7 +8,8 @@ arguments (the sharded weights and the caches) plus temporaries, against the chi
 counts (the prefill must hold the ring's Mosaic hop kernels on TPU; the decode step has no ring hop);
 a program the TPU compiler refuses is reported with the compiler's own figures.
 
-The prefill's cache argument is donated, as the decode step's is, so a cache is counted once.
+The prefill's cache argument is donated, as the decode step's is; outputs not aliased to a donated
+argument (the prefill's new prompt cache: it reads none) count too, so a cache is counted once.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _report(base: dict[str, Any], stage: str, compile_fn, *, ring_hop: str | Non
   counts = hlo_counts(compiled.as_text())
   check_ring_kernels(ring_hop, counts["ring_kernels"])
   return CompileReport(**base, stage=stage, compiled=True, argument_bytes=int(memory.argument_size_in_bytes),
-                       temp_bytes=int(memory.temp_size_in_bytes), **counts,
+                       temp_bytes=int(memory.temp_size_in_bytes),
+                       output_bytes=int(memory.output_size_in_bytes - memory.alias_size_in_bytes), **counts,
                        compile_seconds=time.perf_counter() - start)
 
 

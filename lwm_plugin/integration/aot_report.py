@@ -6,7 +6,8 @@ report, the HBM of each TPU generation and the formatting, without importing Max
 
 Per-chip memory is what the compiled program needs on one chip: its arguments (the sharded train
 state and batch) plus its temporaries (activations kept for the backward pass, gradients,
-workspace). The outputs alias the donated arguments, so they add nothing. "Fits" is the TPU
+workspace). A train step's outputs alias the donated arguments, so they add nothing; a prefill's new
+KV cache does not (`output_bytes`). "Fits" is the TPU
 compiler's own verdict: it refuses a program whose memory exceeds the HBM it can use (a little
 under the chip's HBM); the report then gives the compiler's figures.
 
@@ -68,6 +69,7 @@ class CompileReport:
   compiled: bool                       # False: the compiler refused it (out of memory) or failed
   argument_bytes: int | None = None
   temp_bytes: int | None = None
+  output_bytes: int | None = None      # outputs not aliased to a donated argument (a new KV cache); None: all are
   required_bytes: int | None = None    # from the compiler's out-of-memory message
   available_bytes: int | None = None   # the HBM the compiler can use, from the same message
   model_flops_per_step: float = 0.0
@@ -85,7 +87,7 @@ class CompileReport:
   def per_chip_bytes(self) -> int | None:
     if self.argument_bytes is None or self.temp_bytes is None:
       return self.required_bytes
-    return self.argument_bytes + self.temp_bytes
+    return self.argument_bytes + self.temp_bytes + (self.output_bytes or 0)
 
   @property
   def fits(self) -> bool:
@@ -112,8 +114,9 @@ class CompileReport:
            f"  step: {self.sequences_per_step} sequences x {self.seq_len} tokens = {self.tokens_per_step:,} tokens{flops}"]
     hbm = f"{self.hbm / GIB:.2f} GiB HBM" if self.hbm else "HBM unknown for this generation"
     if self.compiled:
+      outputs = f" + outputs {self.output_bytes / GIB:.2f} GiB" if self.output_bytes else ""
       out.append(f"  per chip: arguments {self.argument_bytes / GIB:.2f} GiB + temporaries {self.temp_bytes / GIB:.2f} "
-                 f"GiB = {self.per_chip_bytes / GIB:.2f} GiB of {hbm}: {'fits' if self.fits else 'DOES NOT FIT'}")
+                 f"GiB{outputs} = {self.per_chip_bytes / GIB:.2f} GiB of {hbm}: {'fits' if self.fits else 'DOES NOT FIT'}")
       ring = f" ({self.ring_kernels} ring hop kernels)" if self.ring_hop else ""
       hlo = (f"; HLO: {self.collective_permutes} collective-permute, {self.tpu_custom_calls} tpu_custom_call{ring}"
              if self.collective_permutes is not None else "")

@@ -145,6 +145,10 @@ PROMPT_CACHE_KEYS = frozenset({"cached_prefill_key", "cached_prefill_value", "ca
                                "cached_prefill_key_scale", "cached_prefill_value_scale"})
 
 
+def _keys(tree: dict) -> set[str]:
+  return set(tree) | {k for value in tree.values() if isinstance(value, dict) for k in _keys(value)}
+
+
 def _with_prompt_cache(new: dict, old: dict) -> dict:
   """`new` with the prompt-cache leaves of `old` (same tree)."""
   return {key: old[key] if key in PROMPT_CACHE_KEYS else (_with_prompt_cache(value, old[key])
@@ -164,6 +168,9 @@ class DecodePrograms:
     self.graphdef, self.params, cache, self.rest = nnx.split(model, nnx.Param, nnx.Cache, ...)
     self._cache_template = cache
     self.empty_cache = nnx.to_pure_dict(cache)
+    if not {"cached_prefill_key", "cached_prefill_value"} <= _keys(self.empty_cache):
+      raise ValueError("MaxText's KV cache has no cached_prefill_key/cached_prefill_value variables (expected "
+                       "MaxText 0.2.5's KVCache; or the model was not built in model_mode autoregressive)")
 
   def _run(self, params, rest, cache, tokens_BxS, positions_BxS, segments_BxS, mode):
     cache_state = jax.tree.map(lambda x: x, self._cache_template)
@@ -238,7 +245,7 @@ class CachedDecoder:
     if lengths.min() < 1 or lengths.max() > self.max_prompt_length:
       raise ValueError(f"prompt lengths must be 1..{self.max_prompt_length} (max_prefill_predict_length), got "
                        f"{lengths.min()}..{lengths.max()}")
-    length = -(-int(lengths.max()) // self._bucket) * self._bucket
+    length = min(-(-int(lengths.max()) // self._bucket) * self._bucket, self.max_prompt_length)
     tokens = np.zeros((self.batch_multiple, length), np.int32)
     segments = np.zeros((self.batch_multiple, length), np.int32)
     for i, p in enumerate(prompts):
