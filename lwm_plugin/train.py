@@ -32,7 +32,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
+from lwm_plugin.config.files import ConfigError, check_topology, peek, resolve_config_file, topology_overrides
 
 PROG = "lwm-train"
 USAGE = f"usage: {PROG} CONFIG.yml [key=value ...] [--print-config | --check [--json]]"
@@ -52,14 +52,6 @@ def _split(args: Sequence[str]) -> tuple[str, list[str], set[str]]:
   if {"--print-config", "--check"} <= flags:
     raise ConfigError(f"--print-config and --check are separate commands\n{USAGE}")
   return resolve_config_file(rest[0]), rest[1:], flags
-
-
-def _topology(config_file: str, overrides: list[str]) -> list[str]:
-  """compile_topology=<lwm_topology> for --check and --print-config, unless the command line sets one."""
-  if any(a.partition("=")[0] == "compile_topology" for a in overrides):
-    return []
-  topology = peek(config_file, overrides, "lwm_topology")
-  return [f"compile_topology={topology}", "compile_topology_num_slices=1"] if topology else []
 
 
 def _absolute_output_dir(config_file: str, overrides: list[str]) -> list[str]:
@@ -83,15 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_file, overrides, flags = _split(args)
     overrides += _absolute_output_dir(config_file, overrides)
     if "--check" in flags:
-      overrides += _topology(config_file, overrides)
-      if not any(a.startswith("compile_topology=") for a in overrides):
-        raise ConfigError(f"{config_file}: --check needs a TPU topology: set lwm_topology in the config or pass "
-                          "compile_topology=v4-512 (for example)")
+      overrides += check_topology(config_file, overrides)
       # The compile needs no device: keep JAX on the host, and let libtpu load beside another process.
       os.environ["JAX_PLATFORMS"] = "cpu"
       os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     elif "--print-config" in flags:
-      overrides += _topology(config_file, overrides)
+      overrides += topology_overrides(config_file, overrides)
     if peek(config_file, overrides, "hardware") == "cpu":
       # Before JAX is imported: keep an installed libtpu from probing for a TPU on a CPU run.
       os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -57,7 +57,37 @@ def _write(text):
 
 def test_missing_model_option(tmp_path, monkeypatch, capsys):
   err = _probe(["--config", TEXT, "--prompt", "hi"], tmp_path, monkeypatch, capsys)
-  assert "lwm-generate: error: the following arguments are required: --model" in err
+  assert "lwm-generate: error: --model is required" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--check needs a TPU topology: set lwm_topology in the config or pass compile_topology="),
+    (["--prompt", "hi", "compile_topology=v4-8"], "--check takes a config, --max-new-tokens and key=value "
+     "overrides; not --prompt"),
+    (["--model", "m", "compile_topology=v4-8"], "not --model"),
+])
+def test_check_usage_errors(extra, message, tmp_path, monkeypatch, capsys):
+  err = _probe(["--config", TEXT, "--check", *extra], tmp_path, monkeypatch, capsys)
+  assert "lwm-generate: error: " in err and message in err
+
+
+def test_json_needs_check(items, tmp_path, monkeypatch, capsys):
+  err = _probe(_gen(items, "--prompt", "hi", "--json"), tmp_path, monkeypatch, capsys)
+  assert "lwm-generate: error: --json goes with --check" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--image", "pic.png", "--prompt", "q"], "--image/--video need --vqgan WEIGHTS"),
+    (["--image", "nowhere.png", "--prompt", "q", "--vqgan", "."], "--image/--video nowhere.png: no such file"),
+    (["--image", "pic.png", "--vqgan", "."], "--image/--video take one --prompt QUESTION"),
+    (["--vqgan", "nowhere", "--prompt", "q"], "--vqgan nowhere: no such file or directory"),
+    (["--vqgan", ".", "--prompt", "q"], "--vqgan applies to --image/--video or --generate only"),
+    (["--generate", "image", "--prompt", "c", "--codes-output", "c.jsonl", "--pixels-dir", "d"],
+     "--pixels-dir needs --vqgan WEIGHTS"),
+])
+def test_vision_file_usage_errors(extra, message, items, tmp_path, monkeypatch, capsys):
+  err = _probe(_gen(items, *extra), tmp_path, monkeypatch, capsys, keep=[("pic.png", _write("read at run time"))])
+  assert f"lwm-generate: error: {message}" in err
 
 
 def test_model_that_does_not_exist(tmp_path, monkeypatch, capsys):

@@ -108,3 +108,22 @@ def uses_data_dir(config_file: str, overrides: Iterable[str]) -> bool:
   files = [f for s in sources if isinstance(s, dict) for f in ([s.get("files")] if isinstance(s.get("files"), str)
                                                                  else list(s.get("files") or []))]
   return any(DATA_DIR_REFERENCE in str(f) for f in files)
+
+
+def topology_overrides(config_file: str, overrides: Iterable[str]) -> list[str]:
+  """compile_topology=<lwm_topology> for an AOT check, unless the command line sets one (`lwm-train
+  --check`, `lwm-generate --check`)."""
+  if any(a.partition("=")[0] == "compile_topology" for a in overrides):
+    return []
+  topology = peek(config_file, overrides, "lwm_topology")
+  return [f"compile_topology={topology}", "compile_topology_num_slices=1"] if topology else []
+
+
+def check_topology(config_file: str, overrides: Iterable[str]) -> list[str]:
+  """`topology_overrides`, which an AOT check needs: ConfigError when neither the config nor the command
+  line names a TPU topology."""
+  extra = topology_overrides(config_file, overrides)
+  if not any(a.startswith("compile_topology=") for a in [*overrides, *extra]):
+    raise ConfigError(f"{config_file}: --check needs a TPU topology: set lwm_topology in the config or pass "
+                      "compile_topology=v4-512 (for example)")
+  return extra

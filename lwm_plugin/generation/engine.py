@@ -37,7 +37,7 @@ from lwm_plugin.config.lwm_config import check_keys
 from lwm_plugin.config.settings import LWMSettings, model_vocab
 from lwm_plugin.generation import loop
 from lwm_plugin.generation.request import GenerateRequest
-from lwm_plugin.integration import inference
+from lwm_plugin.integration import aot_decode, inference
 from lwm_plugin.model_source import UsageError, imported_items
 from lwm_plugin.vision import media
 from lwm_plugin.vision.commands import VisionError, decode_file
@@ -70,15 +70,15 @@ def _int_key(config_file: str, overrides: Sequence[str], key: str) -> int:
     raise UsageError(f"{config_file}: {key} {value!r} is not an int") from e
 
 
-def _cache_split(request: GenerateRequest, new_tokens: int) -> tuple[int, int]:
+def _cache_split(config_file: str, overrides: Sequence[str], new_tokens: int) -> tuple[int, int]:
   """(max_target_length, max_prefill_predict_length) of the decode cache for `new_tokens` new tokens."""
-  total = _int_key(request.config_file, request.overrides, "max_target_length")
-  cp = max(1, _int_key(request.config_file, request.overrides, "ici_context_parallelism")) * max(
-      1, _int_key(request.config_file, request.overrides, "dcn_context_parallelism"))
+  total = _int_key(config_file, overrides, "max_target_length")
+  cp = max(1, _int_key(config_file, overrides, "ici_context_parallelism")) * max(
+      1, _int_key(config_file, overrides, "dcn_context_parallelism"))
   new = -(-new_tokens // cp) * cp
   prompt = (total - new) // cp * cp
   if prompt < 1:
-    raise UsageError(f"{request.config_file}: max_target_length {total} leaves no room for a prompt after "
+    raise UsageError(f"{config_file}: max_target_length {total} leaves no room for a prompt after "
                      f"{new_tokens} new tokens; pass max_target_length=N")
   return prompt + new, prompt
 
@@ -144,7 +144,7 @@ def prepare(request: GenerateRequest) -> Prepared:
   """Every check before any work: the config keys, the resolved config, the vocabulary, every prompt
   against the cache. Raises UsageError (or ConfigError / ValueError); writes nothing."""
   check_keys(request.config_file, request.overrides)
-  total, max_prompt = _cache_split(request, _new_tokens(request))
+  total, max_prompt = _cache_split(request.config_file, request.overrides, _new_tokens(request))
   import_dir, temporary = request.import_dir, False
   if request.model.is_hf and import_dir is None:
     import_dir, temporary = Path(tempfile.gettempdir()) / f"lwm-generate-{uuid.uuid4().hex}", True
@@ -160,6 +160,15 @@ def prepare(request: GenerateRequest) -> Prepared:
       raise UsageError(f"prompt {k + 1} has {len(ids)} tokens; the cache holds {max_prompt} prompt tokens "
                        f"(max_target_length {total} minus the new tokens)")
   return Prepared(request, config, vocab, prompts, labels, max_prompt, import_dir, temporary, codec)
+
+
+def check(config_file: str, overrides: Sequence[str], new_tokens: int) -> list[Any]:
+  """`lwm-generate --check`: AOT-compiles prefill + one decode step at the config's full context (the
+  cache split as for a run with `new_tokens` new tokens) for `compile_topology`; the two fit reports."""
+  check_keys(config_file, overrides)
+  total, max_prompt = _cache_split(config_file, overrides, new_tokens)
+  return list(aot_decode.check_decode(["lwm-generate", config_file, *overrides, f"max_target_length={total}",
+                                       f"max_prefill_predict_length={max_prompt}"], config_file))
 
 
 def _text(vocab: Any, gen: loop.Generation, stops: Sequence[int]) -> str:

@@ -1,6 +1,7 @@
 """`lwm-generate`: text chat, vision understanding and image/video generation with a trained model.
 
   lwm-generate --config CFG.yml --model CKPT_OR_HF_DIR [inputs] [sampling] [--output OUT.json] [key=value ...]
+  lwm-generate --config STAGE.yml --check [--json] [--max-new-tokens N] [compile_topology=v4-64 ...]
 
   text        --prompt TEXT (repeatable) | --prompt-file F (one prompt per line)   [--raw: no chat template]
               --interactive: a chat loop on standard input (history kept; end with Ctrl-D)
@@ -12,6 +13,11 @@
               the codes file's path without its suffix]
   sampling    --temperature T (0: greedy, the default) --top-k K --top-p P --seed S
               --max-new-tokens N (text answers) --stop-id ID (repeatable; default: EOS)
+
+`--check` compiles prefill + one decode step ahead of time at the config's full `max_target_length`
+(N new tokens, default 256) for its TPU pod (`lwm_topology` or `compile_topology=`, through libtpu on
+any host; no weights read) and reports per-chip memory against HBM as `lwm-train --check`; exit 1
+when either program does not fit.
 
 CFG.yml describes the model as for `lwm-train` (`key=value` overrides follow); `--model` is a MaxText
 items directory or a Hugging Face directory from `lwm-convert to-hf` (imported into `--import-dir`,
@@ -34,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
+from lwm_plugin.config.files import ConfigError, check_topology, peek, resolve_config_file
 from lwm_plugin.generation import request as request_lib
 from lwm_plugin.generation.sampling_params import Sampling
 from lwm_plugin.model_source import UsageError, locate_model
@@ -52,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
   p = _Parser(prog=PROG, description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter,
               epilog=__doc__.split("\n\n", 1)[1])
   p.add_argument("--config", required=True, help="model config (.yml), as for lwm-train")
-  p.add_argument("--model", required=True, help="MaxText .../<step>/items directory or Hugging Face directory")
+  p.add_argument("--model", help="MaxText .../<step>/items directory or Hugging Face directory")
+  p.add_argument("--check", action="store_true", help="AOT-compile prefill + a decode step for the TPU pod")
+  p.add_argument("--json", action="store_true", help="--check: the reports as JSON lines")
   p.add_argument("--prompt", action="append", default=[], help="a prompt, question or caption (repeatable)")
   p.add_argument("--prompt-file", help="prompts, one per line")
   p.add_argument("--raw", action="store_true", help="no chat template: <s> and the prompt's text")
@@ -90,6 +98,10 @@ def _refuse(args: argparse.Namespace, options: Sequence[str], why: str) -> None:
 def build_request(args: argparse.Namespace) -> request_lib.GenerateRequest:
   """The checked request of parsed arguments (UsageError/ConfigError/ValueError for a usage error)."""
   config_file = resolve_config_file(args.config)
+  if args.model is None:
+    raise UsageError("--model is required (a MaxText items directory or a Hugging Face directory)")
+  if args.json:
+    raise UsageError("--json goes with --check")
   model = locate_model(args.model)
   if args.prompt and args.prompt_file:
     raise UsageError("give prompts with --prompt or --prompt-file, not both")
@@ -158,12 +170,41 @@ def build_request(args: argparse.Namespace) -> request_lib.GenerateRequest:
   return request_lib.GenerateRequest(**common, **text, mode="text", prompts=prompts, raw=args.raw)
 
 
+def _check(args: argparse.Namespace) -> int:
+  """`--check`: only the config, overrides and --max-new-tokens apply; exit 0 when both programs fit."""
+  inputs = {k: v for k, v in vars(args).items() if k not in ("config", "check", "json", "max_new_tokens", "overrides")}
+  given = sorted(k for k, v in inputs.items() if v not in (None, False, [], 0.0, 0))
+  if given:
+    raise UsageError(f"--check takes a config, --max-new-tokens and key=value overrides; not --{given[0].replace('_', '-')}")
+  config_file = resolve_config_file(args.config)
+  overrides = [*args.overrides, *check_topology(config_file, args.overrides)]
+  new_tokens = 256 if args.max_new_tokens is None else args.max_new_tokens
+  if new_tokens < 1:
+    raise UsageError(f"--max-new-tokens {new_tokens}: expected at least 1")
+  # The compile needs no device: keep JAX on the host, and let libtpu load beside another process.
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from lwm_plugin.generation import engine  # pylint: disable=import-outside-toplevel  (MaxText after JAX_PLATFORMS)
+
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  reports = engine.check(config_file, overrides, new_tokens)
+  for report in reports:
+    print(report.to_json() if args.json else "\n".join(report.lines()), flush=True)
+  return 0 if all(r.fits for r in reports) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """`lwm-generate`; returns the exit code (2 for every usage error, with nothing written)."""
   try:
     args = _parser().parse_args(argv)
   except SystemExit as e:  # argparse: --help (0) or a usage error (2), already printed
     return int(e.code or 0)
+  if args.check:
+    try:
+      return _check(args)
+    except (ConfigError, ValueError) as e:
+      print(f"{PROG}: error: {e}", file=sys.stderr)
+      return 2
   try:
     request = build_request(args)
     if peek(request.config_file, request.overrides, "hardware") == "cpu":
