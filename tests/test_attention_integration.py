@@ -5,7 +5,6 @@ the config errors."""
 
 from __future__ import annotations
 
-import logging
 import types
 
 import jax.numpy as jnp

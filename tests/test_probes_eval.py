@@ -8,33 +8,17 @@ the `--output` directory, not `hf_import/`, nothing else under the working direc
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers.usage_probe import probe_usage_error
 
 from lwm_plugin.evaluation import cli as evaluate
 
 TEXT = "tiny_text_chat_4k.yml"  # max_target_length 4096, ring attention over 4 devices, tokenizer from the data dir
 
 
-def _files(root: Path) -> set[Path]:
-  return {p.relative_to(root) for p in root.rglob("*")}
-
-
 def _probe(argv, tmp_path, monkeypatch, capsys, *, keep=()) -> str:
-  """Runs lwm-eval in an empty cwd; returns stderr after asserting rc 2 and that nothing new exists."""
-  work = tmp_path / "cwd"
-  work.mkdir()
-  for name, make in keep:
-    make(work / name)
-  monkeypatch.chdir(work)
-  before = _files(work)
-  rc = evaluate.main(argv)
-  err = capsys.readouterr().err
-  assert rc == 2, err
-  assert _files(work) == before, sorted(map(str, _files(work) - before))
-  assert "Traceback" not in err
-  return err
+  return probe_usage_error(evaluate.main, argv, tmp_path, monkeypatch, capsys, keep=keep)
 
 
 @pytest.fixture(name="items")

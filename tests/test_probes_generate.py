@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers.usage_probe import probe_usage_error
 
 from conftest import REPO, subprocess_env
 from lwm_plugin.generation import generate_cli as cli
@@ -21,23 +21,8 @@ TEXT = "tiny_text_chat_4k.yml"   # a text model; tokenizer from the data dir
 MULTI = "tiny_vision_chat_4k.yml"  # a multimodal model, 64 codes
 
 
-def _files(root: Path) -> set[Path]:
-  return {p.relative_to(root) for p in root.rglob("*")}
-
-
 def _probe(argv, tmp_path, monkeypatch, capsys, *, keep=()) -> str:
-  work = tmp_path / "cwd"
-  work.mkdir()
-  for name, make in keep:
-    make(work / name)
-  monkeypatch.chdir(work)
-  before = _files(work)
-  rc = cli.main(argv)
-  err = capsys.readouterr().err
-  assert rc == 2, err
-  assert _files(work) == before, sorted(map(str, _files(work) - before))
-  assert "Traceback" not in err
-  return err
+  return probe_usage_error(cli.main, argv, tmp_path, monkeypatch, capsys, keep=keep)
 
 
 @pytest.fixture(name="items")
