@@ -19,7 +19,7 @@ import maxtext_configs
 from conftest import read_metrics, run_lwm_train, run_python, subprocess_env
 from lwm_plugin import integration
 from lwm_plugin.config.files import config_chain, uses_data_dir
-from lwm_plugin.train import _topology
+from lwm_plugin.config.files import topology_overrides as _topology
 
 M = 2**20
 
