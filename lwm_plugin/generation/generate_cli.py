@@ -170,6 +170,13 @@ def build_request(args: argparse.Namespace) -> request_lib.GenerateRequest:
   return request_lib.GenerateRequest(**common, **text, mode="text", prompts=prompts, raw=args.raw)
 
 
+def _engine():
+  """The heavy half (MaxText, JAX, the VQGAN), imported once JAX_PLATFORMS is chosen."""
+  from lwm_plugin.generation import engine  # pylint: disable=import-outside-toplevel  (MaxText after JAX_PLATFORMS)
+
+  return engine
+
+
 def _check(args: argparse.Namespace) -> int:
   """`--check`: only the config, overrides and --max-new-tokens apply; exit 0 when both programs fit."""
   inputs = {k: v for k, v in vars(args).items() if k not in ("config", "check", "json", "max_new_tokens", "overrides")}
@@ -184,10 +191,8 @@ def _check(args: argparse.Namespace) -> int:
   # The compile needs no device: keep JAX on the host, and let libtpu load beside another process.
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  from lwm_plugin.generation import engine  # pylint: disable=import-outside-toplevel  (MaxText after JAX_PLATFORMS)
-
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  reports = engine.check(config_file, overrides, new_tokens)
+  reports = _engine().check(config_file, overrides, new_tokens)
   for report in reports:
     print(report.to_json() if args.json else "\n".join(report.lines()), flush=True)
   return 0 if all(r.fits for r in reports) else 1
@@ -210,8 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if peek(request.config_file, request.overrides, "hardware") == "cpu":
       # Before JAX is imported: keep an installed libtpu from probing for a TPU on a CPU run.
       os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from lwm_plugin.generation import engine  # pylint: disable=import-outside-toplevel  (MaxText after JAX_PLATFORMS)
-
+    engine = _engine()
     prepared = engine.prepare(request)
   except (ConfigError, ValueError) as e:  # UsageError is a ValueError
     print(f"{PROG}: error: {e}", file=sys.stderr)
