@@ -8,7 +8,7 @@ devices (context parallelism 4), against two independent references on the same 
 Two models: GQA (4 query / 2 kv heads) on a batch of prompts of 1K to 4K tokens plus a padding row,
 and MHA (4 / 4) on shorter prompts; 40 new tokens each. The compiled decode step and prefill have no
 all-gather of a cache-sized operand (the prefill is the ring: collective-permutes), each device holds
-1/4 of the cache, and `greedy` gives the same ids and stops after a stop id.
+1/4 of the cache, and the generation loop's greedy decoding gives the same ids and stops after a stop id.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ weight is an error).
   over it, S / N tokens per device); `step` is `model_mode=autoregressive` on one new token per row,
   attending the cache in place (`integration.attention`). Each call returns the float32 logits of
   the next token, so sampling and stop rules live with the caller; per step only B ids go in and
-  B x V logits come out. `greedy` is the argmax loop on top.
+  B x V logits come out. The loops on top (greedy, sampling, guidance) are `lwm_plugin.generation.loop`'s.
 * `GreedyDecoder` recomputes the train-mode forward over the whole sequence for every new token (no
   cache): exact and simple, kept as the reference the cache path is tested against and for
   `lwm-eval` until it moves to `CachedDecoder`.
@@ -272,27 +272,3 @@ class CachedDecoder:
     with self._context():
       logits, cache = self._step(self._programs.params, self._programs.rest, state.cache, ids, state.lengths_B)
     return DecodeState(np.asarray(logits), state.lengths_B + 1, state.steps + 1, state.num_prompts, cache)
-
-
-def greedy(decoder: CachedDecoder, prompts: Sequence[np.ndarray], max_new_tokens: int, *, stop_ids: Sequence[int] = (),
-           allowed_ids: np.ndarray | None = None) -> list[np.ndarray]:
-  """Greedy new tokens for each prompt through the KV cache (stopping after a stop id), in batches of
-  `decoder.batch_multiple`; `allowed_ids` restricts the argmax (e.g. to text ids)."""
-  allowed = np.ones(decoder.vocab_size, bool) if allowed_ids is None else np.isin(
-      np.arange(decoder.vocab_size), allowed_ids)
-  outs: list[np.ndarray] = []
-  for start in range(0, len(prompts), decoder.batch_multiple):
-    batch = prompts[start:start + decoder.batch_multiple]
-    state = decoder.prefill(batch)
-    new: list[list[int]] = [[] for _ in batch]
-    done = np.zeros(len(batch), bool)
-    for t in range(max_new_tokens):
-      nxt = np.argmax(np.where(allowed, state.logits_BxV[:len(batch)], -np.inf), axis=-1).astype(np.int32)
-      for i in np.flatnonzero(~done):
-        new[i].append(int(nxt[i]))
-        done[i] = nxt[i] in stop_ids
-      if done.all() or t == max_new_tokens - 1:
-        break
-      state = decoder.step(state, nxt)
-    outs.extend(np.asarray(o, np.int32) for o in new)
-  return outs

@@ -20,7 +20,8 @@ import sys
 import numpy as np
 
 from lwm_plugin import integration
-from lwm_plugin.integration.inference import CachedDecoder, GreedyDecoder, greedy, load_config
+from lwm_plugin.generation.loop import generate_text
+from lwm_plugin.integration.inference import CachedDecoder, GreedyDecoder, load_config
 
 
 def _cache_leaf(cache, name):
@@ -71,9 +72,9 @@ def decode(job):
     if t < n_new - 1:
       state = decoder.step(state, nxt[:len(prompts)])
   stop = new[0][5]
-  out["greedy_stopped"] = greedy(decoder, prompts[:1], n_new, stop_ids=(stop,))[0]
-  for i, ids in enumerate(greedy(decoder, prompts, n_new)):
-    out[f"greedy_{i}"] = ids
+  out["greedy_stopped"] = generate_text(decoder, prompts[:1], max_new_tokens=n_new, stop_ids=(stop,))[0].new_ids
+  for i, gen in enumerate(generate_text(decoder, prompts, max_new_tokens=n_new)):
+    out[f"greedy_{i}"] = gen.new_ids
   reference = GreedyDecoder(config, bucket=job["bucket"])
   full = reference.logits([np.concatenate([p, np.asarray(n[:-1], np.int32)]) for p, n in zip(prompts, new)])
   for i, p in enumerate(prompts):
