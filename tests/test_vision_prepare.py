@@ -6,7 +6,6 @@ codes of the solid-grey inputs are known by hand; the real VQGAN runs in the end
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -207,16 +206,6 @@ def test_manifest_errors_and_option_checks(tmp_path):
     _options(tmp_path, file_format="arrayrecord")
   with pytest.raises(ValueError, match="malformed item"):
     _options(tmp_path, fields=("[caption,vision",))
-
-
-def test_beam_options_default_to_the_multiprocess_direct_runner():
-  options = prepare.beam_options([]).get_all_options()
-  assert options["runner"] == "DirectRunner" and options["direct_running_mode"] == "multi_processing"
-  assert options["direct_num_workers"] == (os.cpu_count() or 1)
-  passed = prepare.beam_options(["--runner", "DataflowRunner", "--project", "p", "--region", "r"]).get_all_options()
-  assert (passed["runner"], passed["project"], passed["region"], passed["direct_running_mode"]) == (
-      "DataflowRunner", "p", "r", "in_memory")
-  assert prepare.beam_options(["--direct_num_workers=1"]).get_all_options()["direct_running_mode"] == "in_memory"
 
 
 @pytest.mark.slow  # a multi-process Beam run with the real VQGAN, then MaxText compiles a train step: ~2-3 min

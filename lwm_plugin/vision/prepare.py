@@ -36,33 +36,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import posixpath
-import shutil
-import tempfile
-import threading
 import time
-import uuid
 from typing import Any, Callable, Protocol, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from data_loaders.atomic_file import atomic_path
 from data_loaders.lwm_format import example_from_line, parse_fields_spec
 from data_loaders.pretokenized import encode_record
 from data_loaders.vocab import MultimodalVocab
+from lwm_plugin.beam_shards import (Progress, beam_options, completed_shards, done_path, mark_progress,
+                                    merge_rejects, publish, publish_text, read_done, write_text)
 from lwm_plugin.vision import manifest as mf
 from lwm_plugin.vision import media
 
-
 FORMATS = ("jsonl", "arrayrecord")
 DEFAULT_FIELDS = ("[caption],vision", "[vision],caption")
-DONE_DIR = "_shards"
-PROGRESS_DIR = "_progress"   # one tiny file per encoded batch, while a run is going
-REJECTS = "rejects.jsonl"
 
 
 class Codec(Protocol):
@@ -118,38 +108,8 @@ class PrepareResult:
   seconds: float
 
 
-def _is_local(path: str) -> bool:
-  return "://" not in path
-
-
-def _publish(dest: str, write: Callable[[str], None]) -> None:
-  """`write(tmp)` then rename onto `dest`: atomic locally, a rename on any other Beam file system."""
-  if _is_local(dest):
-    with atomic_path(dest) as tmp:
-      write(tmp)
-    return
-  with tempfile.TemporaryDirectory() as scratch:
-    local = os.path.join(scratch, "file")
-    write(local)
-    tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
-    with open(local, "rb") as src, FileSystems.create(tmp) as out:
-      shutil.copyfileobj(src, out)
-    FileSystems.rename([tmp], [dest])
-
-
-def done_path(output: str, shard: str) -> str:
-  return FileSystems.join(output, DONE_DIR, f"{shard}.json")
-
-
 def data_path(output: str, shard: str, file_format: str) -> str:
   return FileSystems.join(output, f"{shard}.{file_format}")
-
-
-def completed_shards(output: str) -> set[str]:
-  """Names of the shards whose done-record exists."""
-  pattern = FileSystems.join(output, DONE_DIR, "part-*.json")
-  found = FileSystems.match([pattern])[0].metadata_list
-  return {posixpath.basename(m.path)[:-len(".json")] for m in found}
 
 
 def _reject(item: mf.MediaInput, reason: str, detail: str) -> dict[str, Any]:
@@ -206,8 +166,7 @@ class _Encode(beam.DoFn):
     self.codec = self.options.codec_factory()
 
   def process(self, batch: Sequence[tuple[str, mf.MediaInput, Any]]):
-    with FileSystems.create(FileSystems.join(self.options.output, PROGRESS_DIR, f"{uuid.uuid4().hex}.n")) as f:
-      f.write(str(len(batch)).encode())  # for the driver's progress line (a retried bundle counts twice)
+    mark_progress(self.options.output, len(batch))  # for the driver's progress line
     ok = [(item, frames) for status, item, frames in batch if status == "ok"]
     for status, item, reject in batch:
       if status == "reject":
@@ -242,14 +201,14 @@ class _WriteShard(beam.DoFn):
     records = [r for _, status, r in entries if status == "ok"]
     rejects = [r for _, status, r in entries if status == "reject"]
     if records:
-      _publish(data_path(self.options.output, shard, self.options.file_format), lambda tmp: self._write(tmp, records))
+      publish(data_path(self.options.output, shard, self.options.file_format), lambda tmp: self._write(tmp, records))
     done = {"shard": shard, "records": len(records), "rejects": rejects}
-    _publish(done_path(self.options.output, shard), lambda tmp: _write_text(tmp, json.dumps(done) + "\n"))
+    publish_text(done_path(self.options.output, shard), json.dumps(done) + "\n")
     yield shard
 
   def _write(self, tmp: str, records: list[dict[str, Any]]) -> None:
     if self.options.file_format == "jsonl":
-      _write_text(tmp, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+      write_text(tmp, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
       return
     from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
     writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
@@ -261,29 +220,12 @@ class _WriteShard(beam.DoFn):
       writer.close()
 
 
-def _write_text(path: str, text: str) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
-
-
 def count_inputs(manifests: Sequence[str], shard_size: int, done: set[str]) -> int:
   """Rows still to prepare (all manifests, minus the rows of complete shards): the progress total."""
   total = 0
   for number, path in enumerate(manifests):
     total += sum(mf.shard_name(number, item.row, shard_size) not in done for item in mf.rows(number, path))
   return total
-
-
-def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
-  """The command line's Beam options; without a runner: the DirectRunner, multi-process, one worker per core."""
-  options = PipelineOptions(list(beam_args))
-  if options.view_as(StandardOptions).runner is None:
-    options.view_as(StandardOptions).runner = "DirectRunner"
-    direct = options.view_as(DirectOptions)
-    if not any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in beam_args):
-      direct.direct_running_mode = "multi_processing"
-      direct.direct_num_workers = os.cpu_count() or 1
-  return options
 
 
 def build_pipeline(pipeline: beam.Pipeline, manifests: Sequence[str], options: PrepareOptions, done: set[str]):
@@ -299,75 +241,17 @@ def build_pipeline(pipeline: beam.Pipeline, manifests: Sequence[str], options: P
           | "Write" >> beam.ParDo(_WriteShard(options)))
 
 
-class _Progress:
-  """Counts the workers' per-batch progress files while the pipeline runs; inputs done, inputs/s, ETA."""
-
-  def __init__(self, output: str, total: int, log: Callable[[str], None], period: float = 5.0):
-    self.output, self.total, self.log, self.period = output, total, log, period
-    self.start = time.monotonic()
-    self.stop = threading.Event()
-    self.thread = threading.Thread(target=self._run, daemon=True)
-
-  def _files(self) -> list[str]:
-    pattern = FileSystems.join(self.output, PROGRESS_DIR, "*.n")
-    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-
-  def done_inputs(self) -> int:
-    n = 0
-    for path in self._files():
-      with FileSystems.open(path) as f:
-        text = f.read().decode()
-      n += int(text) if text.isdigit() else 0  # a file still being written counts next time
-    return n
-
-  def line(self) -> str:
-    n, elapsed = min(self.done_inputs(), self.total), time.monotonic() - self.start
-    rate = n / elapsed if elapsed > 0 else 0.0
-    eta = f"{(self.total - n) / rate:.0f} s" if rate > 0 else "unknown"
-    return f"{n}/{self.total} inputs read and encoded, {rate:.2f} inputs/s, ETA {eta}"
-
-  def _run(self):
-    while not self.stop.wait(self.period):
-      self.log(self.line())
-
-  def __enter__(self):
-    self.clear()
-    self.thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self.stop.set()
-    self.thread.join()
-
-  def clear(self) -> None:
-    files = self._files()
-    if files:
-      FileSystems.delete(files)
-
-
-def merge_rejects(output: str) -> int:
-  """`OUT/rejects.jsonl` from every done-record (ordered by manifest and row), atomically; returns its length."""
-  rejects = []
-  for shard in sorted(completed_shards(output)):
-    with FileSystems.open(done_path(output, shard)) as f:
-      rejects += json.loads(f.read())["rejects"]
-  rejects.sort(key=lambda r: (r["manifest"], r["row"]))
-  text = "".join(json.dumps(r) + "\n" for r in rejects)
-  _publish(FileSystems.join(output, REJECTS), lambda tmp: _write_text(tmp, text))
-  return len(rejects)
-
-
 def prepare(manifests: Sequence[str], options: PrepareOptions, beam_args: Sequence[str] = (),
             log: Callable[[str], None] = print) -> PrepareResult:
   """Runs the pipeline to completion; returns counts. Manifests (paths or glob patterns) are expanded and
   checked first (`ManifestError`); their order after expansion numbers them, so reruns must pass the same."""
   manifests = mf.expand(manifests)
   start = time.monotonic()
-  done = completed_shards(options.output) if FileSystems.exists(FileSystems.join(options.output, DONE_DIR)) else set()
+  done = completed_shards(options.output)
   total = count_inputs(manifests, options.shard_size, done)
   log(f"{total} inputs to prepare ({len(done)} shards already complete) -> {options.output} ({options.file_format})")
   if total:
-    with _Progress(options.output, total, log) as progress:
+    with Progress(options.output, total, "inputs read and encoded", log) as progress:
       with beam.Pipeline(options=beam_options(beam_args)) as pipeline:
         build_pipeline(pipeline, manifests, options, done)
       log(progress.line())
@@ -376,7 +260,6 @@ def prepare(manifests: Sequence[str], options: PrepareOptions, beam_args: Sequen
   new = now - done
   records = 0
   for shard in new:
-    with FileSystems.open(done_path(options.output, shard)) as f:
-      records += json.loads(f.read())["records"]
-  n_rejects = merge_rejects(options.output)
+    records += read_done(options.output, shard)["records"]
+  n_rejects = merge_rejects(options.output, key=lambda r: (r["manifest"], r["row"]))
   return PrepareResult(len(new), len(done), records, n_rejects, time.monotonic() - start)
