@@ -70,7 +70,7 @@ def _int_key(config_file: str, overrides: Sequence[str], key: str) -> int:
     raise UsageError(f"{config_file}: {key} {value!r} is not an int") from e
 
 
-def _cache_split(config_file: str, overrides: Sequence[str], new_tokens: int) -> tuple[int, int]:
+def cache_split(config_file: str, overrides: Sequence[str], new_tokens: int) -> tuple[int, int]:
   """(max_target_length, max_prefill_predict_length) of the decode cache for `new_tokens` new tokens."""
   total = _int_key(config_file, overrides, "max_target_length")
   cp = max(1, _int_key(config_file, overrides, "ici_context_parallelism")) * max(
@@ -144,7 +144,7 @@ def prepare(request: GenerateRequest) -> Prepared:
   """Every check before any work: the config keys, the resolved config, the vocabulary, every prompt
   against the cache. Raises UsageError (or ConfigError / ValueError); writes nothing."""
   check_keys(request.config_file, request.overrides)
-  total, max_prompt = _cache_split(request.config_file, request.overrides, _new_tokens(request))
+  total, max_prompt = cache_split(request.config_file, request.overrides, _new_tokens(request))
   import_dir, temporary = request.import_dir, False
   if request.model.is_hf and import_dir is None:
     import_dir, temporary = Path(tempfile.gettempdir()) / f"lwm-generate-{uuid.uuid4().hex}", True
@@ -166,12 +166,13 @@ def check(config_file: str, overrides: Sequence[str], new_tokens: int) -> list[A
   """`lwm-generate --check`: AOT-compiles prefill + one decode step at the config's full context (the
   cache split as for a run with `new_tokens` new tokens) for `compile_topology`; the two fit reports."""
   check_keys(config_file, overrides)
-  total, max_prompt = _cache_split(config_file, overrides, new_tokens)
+  total, max_prompt = cache_split(config_file, overrides, new_tokens)
   return list(aot_decode.check_decode(["lwm-generate", config_file, *overrides, f"max_target_length={total}",
                                        f"max_prefill_predict_length={max_prompt}"], config_file))
 
 
-def _text(vocab: Any, gen: loop.Generation, stops: Sequence[int]) -> str:
+def answer_text(vocab: Any, gen: loop.Generation, stops: Sequence[int]) -> str:
+  """The text of a generated answer, its stop ids left out."""
   return vocab.decode_text([int(t) for t in gen.new_ids if int(t) not in stops])
 
 
@@ -196,7 +197,7 @@ def _chat(prepared: Prepared, decoder: Any, stops: Sequence[int], log: Callable[
       return turns
     gen = loop.generate_text(decoder, [ids], max_new_tokens=request.max_new_tokens, sampling=request.sampling,
                              stop_ids=stops, allowed_V=allowed)[0]
-    turns.append((gen, _text(vocab, gen, stops)))
+    turns.append((gen, answer_text(vocab, gen, stops)))
     print(f"ASSISTANT: {turns[-1][1]}", flush=True)
 
 
@@ -215,7 +216,7 @@ def _generate(prepared: Prepared, decoder: Any, log: Callable[[str], None],
   gens = loop.generate_text(decoder, prepared.prompts, max_new_tokens=request.max_new_tokens,
                             sampling=request.sampling, stop_ids=stops,
                             allowed_V=vp.text_mask(vocab, decoder.vocab_size))
-  results = [(g, _text(vocab, g, stops)) for g in gens]
+  results = [(g, answer_text(vocab, g, stops)) for g in gens]
   for label, (_, text) in zip(prepared.labels, results):
     log(f"prompt: {label}")
     print(text, flush=True)
