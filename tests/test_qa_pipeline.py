@@ -1,48 +1,26 @@
 """lwm_plugin/longqa_gen/qa_pipeline.py on Beam's in-memory DirectRunner with a scripted generator.
 
-The scripted generator answers each chunk's prompt with a question quoting the chunk's first words
-and an answer quoting its last words, so every QA turn can be traced to its chunk by hand; it fails
-(writes no QA) on a quarter of (prompt, seed) pairs, so retries matter, and always on a chunk holding
-"UNANSWERABLE". The examples are read back with the loader (`data_loaders.pipeline.source_stream`),
+The scripted generator (tests/helpers/scripted_qa.py) answers each chunk's prompt with a question
+quoting the chunk's first words and an answer quoting its last words, so every QA turn can be traced
+to its chunk by hand; it fails on a quarter of (prompt, seed) pairs, so retries matter, and always on
+a chunk holding "UNANSWERABLE". The examples are read back with the loader (`data_loaders.pipeline.source_stream`),
 and the tokens carrying loss are compared with SentencePiece's own encoding of the answers.
 """
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
+from helpers.scripted_qa import FAILURE, ScriptedGenerator
 
 from data_loaders import LoaderConfig
 from data_loaders import synthetic_corpus as sc
-from data_loaders.longqa import DEFAULT_TEMPLATE, PLACEHOLDER
 from data_loaders.batch import WEIGHTS
 from data_loaders.pipeline import source_stream
 from lwm_plugin.longqa_gen import qa_pipeline as qp
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
 LENGTHS = (1024, 2048)
-PREFIX = DEFAULT_TEMPLATE[:DEFAULT_TEMPLATE.index(PLACEHOLDER)]
-
-
-class ScriptedGenerator:
-  """Picklable; records nothing (the pipeline pickles it), decides by (prompt, seed) only."""
-
-  def __call__(self):
-    return self
-
-  def generate(self, prompts, seed):
-    out = []
-    for prompt in prompts:
-      assert prompt.startswith(PREFIX)
-      words = prompt[len(PREFIX):].split()
-      coin = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[0] % 4
-      if "UNANSWERABLE" in words or coin == 0:
-        out.append("I cannot think of a question.")
-      else:
-        out.append(f"Sure.\nQuestion: Which paragraph starts with {' '.join(words[:6])}?\n"
-                   f"Answer: The one ending {' '.join(words[-4:])}")
-    return out
 
 
 def _book(seed, sentences):
@@ -64,8 +42,8 @@ def fixture_books(tmp_path_factory, corpus_vocab):
 
 def _options(books_dir, out, **kw):
   settings = dict(output=str(out), generator_factory=ScriptedGenerator(), generator="scripted",
-                  tokenizer=str(books_dir / "tok.model"), lengths=LENGTHS, chunk_tokens=40, retries=5, seed=1,
-                  batch_size=3, books_per_shard=2)
+                  tokenizer_proto=(books_dir / "tok.model").read_bytes(), lengths=LENGTHS, chunk_tokens=40, retries=5,
+                  seed=1, batch_size=3, books_per_shard=2)
   return qp.MakeQAOptions(**(settings | kw))
 
 
@@ -101,7 +79,7 @@ def test_shards_rejects_and_counts(made):
   rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
   assert [(r["line"], r["reason"]) for r in rejects] == [(1, "missing_question"), (2, "bad_book")]
   assert rejects[0]["book_id"] == "mid" and rejects[0]["attempts"] == 6 and "UNANSWERABLE" not in rejects[0]["detail"]
-  assert rejects[0]["generation"] == "I cannot think of a question."
+  assert rejects[0]["generation"] == FAILURE
   assert result.rejects == 2 and result.qa_pairs == result.chunks - 1
   assert result.records == {n: len(_records(out, n)) for n in LENGTHS} and all(result.records.values())
   assert result.dropped["short"] >= 2  # "tiny" is far under 90 % of either target

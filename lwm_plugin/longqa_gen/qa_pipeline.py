@@ -48,6 +48,10 @@ from lwm_plugin.beam_shards import (Progress, beam_options, completed_shards, do
 from lwm_plugin.longqa_gen.qa_endpoint import TextGenerator
 
 SETTINGS = "make_qa.json"
+
+
+class SettingsError(ValueError):
+  """The output directory holds a run with other settings, or the books file is missing."""
 MAX_GENERATION_CHARS = 1000  # of a rejected generation, kept in rejects.jsonl
 
 
@@ -69,21 +73,13 @@ def shard_name(index: int, count: int) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenizerVocab:
-  """A picklable vocabulary factory: the training tokenizer (a SentencePiece file the workers can read)."""
-  path: str
-
-  def __call__(self) -> MultimodalVocab:
-    return MultimodalVocab.from_tokenizer(self.path)
-
-
-@dataclasses.dataclass(frozen=True)
 class MakeQAOptions:
-  """Everything the workers need (picklable). `generator` names the generator in the settings file."""
+  """Everything the workers need (picklable). `generator` names the generator in the settings file;
+  `tokenizer_proto` is the training tokenizer's SentencePiece model (it travels to the workers)."""
   output: str
   generator_factory: Callable[[], TextGenerator]
   generator: str
-  tokenizer: str
+  tokenizer_proto: bytes
   lengths: tuple[int, ...]
   chunk_tokens: int = longqa.DEFAULT_CHUNK_TOKENS
   template: str = longqa.DEFAULT_TEMPLATE
@@ -102,11 +98,10 @@ class MakeQAOptions:
 
   def settings(self, books: str, n_books: int) -> dict[str, Any]:
     """What a rerun into the same output must repeat (the tokenizer by its content)."""
-    with open(self.tokenizer, "rb") as f:
-      tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
     return {"books": books, "books_lines": n_books, "books_per_shard": self.books_per_shard,
-            "generator": self.generator, "tokenizer_sha256": tokenizer_sha, "lengths": list(self.lengths),
-            "chunk_tokens": self.chunk_tokens, "template": self.template, "retries": self.retries, "seed": self.seed}
+            "generator": self.generator, "tokenizer_sha256": hashlib.sha256(self.tokenizer_proto).hexdigest(),
+            "lengths": list(self.lengths), "chunk_tokens": self.chunk_tokens, "template": self.template,
+            "retries": self.retries, "seed": self.seed}
 
 
 @dataclasses.dataclass
@@ -194,7 +189,7 @@ class _BookQA(beam.DoFn):
     self.vocab = self.generator = None
 
   def setup(self):
-    self.vocab = MultimodalVocab.from_tokenizer(self.options.tokenizer)
+    self.vocab = MultimodalVocab.from_model_proto(self.options.tokenizer_proto)
     self.generator = self.options.generator_factory()
 
   def process(self, element):
@@ -240,7 +235,8 @@ class _WriteShard(beam.DoFn):
         publish_text(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
     done = {"shard": name, "books": len(results), "chunks": sum(r["chunks"] for r in results),
             "qa_pairs": sum(r["qa_pairs"] for r in results), "records": counts,
-            "dropped": [d for r in results for d in r["dropped"]], "rejects": [x for r in results for x in r["rejects"]]}
+            "dropped": [d for r in results for d in r["dropped"]],
+            "rejects": [x for r in results for x in r["rejects"]]}
     publish_text(done_path(self.options.output, name), json.dumps(done) + "\n")
     yield name
 
@@ -266,7 +262,7 @@ def check_settings(output: str, settings: dict[str, Any]) -> None:
       before = json.loads(f.read())
     changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
     if changed:
-      raise ValueError(f"{output} holds a run with other settings ({', '.join(changed)} differ, see {SETTINGS}); "
+      raise SettingsError(f"{output} holds a run with other settings ({', '.join(changed)} differ, see {SETTINGS}); "
                        "give a new --output")
     return
   publish_text(path, json.dumps(settings, indent=1) + "\n")
@@ -277,7 +273,7 @@ def make_qa(books: str, options: MakeQAOptions, beam_args: Sequence[str] = (),
   """Runs the pipeline to completion (see the module docstring); returns counts."""
   start = time.monotonic()
   if not FileSystems.exists(books):
-    raise ValueError(f"--books {books}: no such file")
+    raise SettingsError(f"--books {books}: no such file")
   shards = shard_offsets(books, options.books_per_shard)
   n_books = sum(s[3] for s in shards)
   check_settings(options.output, options.settings(books, n_books))

@@ -1,0 +1,112 @@
+"""`lwm-make-qa` (lwm_plugin/longqa_gen/make_qa_cli.py, qa_run.py): usage errors, the endpoint path through the
+command line against a loopback server, and (slow) the end-to-end test of issue 18 item 4.
+
+End to end: the demo's tiny text-chat model shapes with the tiny corpus's tokenizer (a random model:
+no training here) generate through the project's KV-cache decoder, which checks the plumbing (prompts
+reach the model, every chunk's outcome is recorded, retries and rejects); parseable QA comes from a
+scripted completions endpoint (tests/helpers/scripted_qa.py), whose output is read back by the loader
+and trains one `tiny_text_chat_4k.yml` step.
+"""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from helpers.completions_server import CompletionsServer, serve_texts
+from helpers.random_llama import write_random_llama
+from helpers.scripted_qa import scripted_completion
+
+from conftest import REPO, read_metrics, run_lwm_train
+from data_loaders import LoaderConfig
+from data_loaders import synthetic_corpus as sc
+from data_loaders.batch import WEIGHTS
+from data_loaders.pipeline import source_stream
+from data_loaders.vocab import MultimodalVocab
+from lwm_plugin.longqa_gen import make_qa_cli
+
+IN_MEMORY = "--direct_running_mode=in_memory"
+
+
+def _books(path, sizes, seed=0):
+  rng = np.random.default_rng(seed)
+  lines = [json.dumps({"id": f"b{k}", "text": " ".join(sc.filler_sentences(rng, n))}) for k, n in enumerate(sizes)]
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+def _scripted_server():
+  return CompletionsServer(serve_texts(lambda texts, seed, _: [scripted_completion(t, seed) for t in texts]))
+
+
+@pytest.fixture(name="work", scope="module")
+def fixture_work(tiny_lwm_data, tmp_path_factory):
+  d = tmp_path_factory.mktemp("make_qa")
+  _books(d / "books.jsonl", [600, 30, 260])
+  return d, tiny_lwm_data
+
+
+def _usage(capsys, argv):
+  rc = make_qa_cli.main(argv)
+  err = capsys.readouterr().err
+  assert rc == 2, err
+  return err.strip().splitlines()[-1]
+
+
+def test_usage_errors(work, capsys, tmp_path):
+  d, data = work
+  base = ["--books", str(d / "books.jsonl"), "--output", str(tmp_path / "o"), "--lengths", "1024"]
+  tok = ["--tokenizer", str(data / "tokenizer.model")]
+  cases = [
+      (base, "give the generator as --generator-config CFG.yml --generator CKPT, or as --endpoint URL"),
+      (base + ["--endpoint", "http://h", "--generator", "x"], "or as --endpoint URL"),
+      (base + ["--generator", str(d)], "--generator needs --generator-config"),
+      (base + ["--endpoint", "http://h"], "--endpoint needs --tokenizer"),
+      (base + ["--endpoint", "http://h", "--set", "a=1"] + tok, "--set goes with --generator, not --endpoint"),
+      (base + ["--endpoint", "h:80"] + tok, "expected an http:// or https:// URL"),
+      (base + ["--endpoint", "http://h", "--lengths", "1k"] + tok, "--lengths '1k': expected comma-separated"),
+      (base + ["--endpoint", "http://h", "--retries", "-1"] + tok, "--retries -1: expected >= 0"),
+      (base + ["--endpoint", "http://h", "--lenghts", "5"] + tok, "unrecognized option --lenghts"),
+      (base + ["--endpoint", "http://h", "--tokenizer", str(d / "none")], "no such file"),
+      (["--books", str(d / "none.jsonl")] + base[2:] + ["--endpoint", "http://h"] + tok, "--books"),
+      (base + ["--generator-config", "nope.yml", "--generator", str(d)], "nope.yml"),
+      (base + ["--generator-config", "tiny_text_chat_4k.yml", "--generator", str(d), "--set", "no_such_key=1"],
+       "no_such_key"),
+  ]
+  (d / "bad_template.txt").write_text("no placeholder")
+  cases.append((base + ["--endpoint", "http://h", "--template", str(d / "bad_template.txt")] + tok, "exactly once"))
+  for argv, message in cases:
+    line = _usage(capsys, argv)
+    assert line.startswith("lwm-make-qa: error: ") and message in line, (argv, line)
+  assert not (tmp_path / "o").exists()
+
+
+def test_the_endpoint_path_writes_shards_and_a_broken_server_is_exit_1(work, capsys, tmp_path):
+  d, data = work
+  argv = ["--books", str(d / "books.jsonl"), "--tokenizer", str(data / "tokenizer.model"), "--lengths", "1024,2048",
+          "--chunk-tokens", "100", "--retries", "4", "--output", str(tmp_path / "o"), IN_MEMORY]
+  with _scripted_server() as server:
+    assert make_qa_cli.main(argv + ["--endpoint", server.url]) == 0, capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "lwm-make-qa: 3 books to do in 1 shards" in err and "3/3 books done" in err
+  assert (tmp_path / "o" / "longqa-1k" / "part-00000-of-00001.jsonl").is_file()
+  assert (tmp_path / "o" / "longqa-2k" / "part-00000-of-00001.jsonl").is_file()
+  settings = json.loads((tmp_path / "o" / "make_qa.json").read_text())
+  assert settings["generator"].startswith(f"endpoint {server.url}/v1/completions, max_new_tokens 256")
+  with CompletionsServer(lambda _: (503, b"overloaded")) as broken:
+    rc = make_qa_cli.main(argv[:-2] + [str(tmp_path / "o2"), IN_MEMORY, "--endpoint", broken.url])
+  err = capsys.readouterr().err
+  assert rc == 1 and "the generator failed: " in err and "HTTP 503" in err, err[-2000:]
+
+
+def test_the_readme_commands_parse():
+  """Every `lwm-make-qa` command in README.md: our options and Beam's, nothing unknown."""
+  text = (REPO / "README.md").read_text().replace("\\\n", " ")
+  commands = [line.split("lwm-make-qa", 1)[1].split() for line in text.splitlines()
+              if line.startswith("lwm-make-qa ") and " ... " not in line]
+  assert len(commands) == 3
+  for argv in commands:
+    args, extra = make_qa_cli._parser().parse_known_args(argv)
+    make_qa_cli._beam_args(extra)
+    assert (args.endpoint is None) != (args.generator is None) and args.lengths
