@@ -9,16 +9,16 @@ and trains one `tiny_text_chat_4k.yml` step.
 """
 
 import json
-import shutil
+import subprocess
+import sys
 
-import jax
 import numpy as np
 import pytest
 from helpers.completions_server import CompletionsServer, serve_texts
 from helpers.random_llama import write_random_llama
 from helpers.scripted_qa import scripted_completion
 
-from conftest import REPO, read_metrics, run_lwm_train
+from conftest import REPO, read_metrics, run_lwm_train, subprocess_env
 from data_loaders import LoaderConfig
 from data_loaders import synthetic_corpus as sc
 from data_loaders.batch import WEIGHTS
@@ -110,3 +110,69 @@ def test_the_readme_commands_parse():
     args, extra = make_qa_cli._parser().parse_known_args(argv)
     make_qa_cli._beam_args(extra)
     assert (args.endpoint is None) != (args.generator is None) and args.lengths
+
+
+def _cli(args, tmp_path, timeout=900):
+  """`python -m lwm_plugin.longqa_gen.make_qa_cli ARGS` in a subprocess (1 CPU device, the default JAX settings)."""
+  return subprocess.run([sys.executable, "-m", "lwm_plugin.longqa_gen.make_qa_cli", *args], env=subprocess_env(),
+                        cwd=tmp_path, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.slow  # a MaxText model built and sampled in a Beam worker, then a 4-device training step: ~2-3 min
+def test_end_to_end_with_the_tiny_chat_model_and_one_training_step(work, tmp_path):
+  d, data = work
+  # The real-model path: the demo chat stage's model (random weights) through the KV-cache decoder.
+  hf = write_random_llama(tmp_path / "hf", 1024, seed=2)
+  _books(tmp_path / "small.jsonl", [40, 12], seed=3)
+  sets = [f"lwm_data_dir={data}", "attention=dot_product", "ici_context_parallelism=1", "per_device_batch_size=4",
+          "max_target_length=384"]
+  proc = _cli(["--books", str(tmp_path / "small.jsonl"), "--generator-config", "tiny_text_chat_4k.yml",
+               "--generator", str(hf), *[a for s in sets for a in ("--set", s)], "--lengths", "512",
+               "--chunk-tokens", "100", "--retries", "1", "--max-new-tokens", "24", "--batch-size", "4",
+               "--output", str(tmp_path / "real"), IN_MEMORY], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  done = json.loads((tmp_path / "real" / "_shards" / "part-00000-of-00001.json").read_text())
+  rejects = [json.loads(x) for x in (tmp_path / "real" / "rejects.jsonl").read_text().splitlines()]
+  assert done["books"] == 2 and done["chunks"] >= 4
+  assert len(rejects) == done["chunks"] - done["qa_pairs"] >= done["chunks"] - 1  # a random model writes no QA
+  assert {r["book_id"] for r in rejects} == {"b0", "b1"} and all(r["attempts"] == 2 for r in rejects)
+  assert len({r["generation"] for r in rejects}) > len(rejects) // 2  # the model's own (varied) texts
+  assert f"model {hf} (" in json.loads((tmp_path / "real" / "make_qa.json").read_text())["generator"]
+
+  # The parse path: a scripted endpoint, then the loader and one tiny_text_chat_4k step on the output.
+  out = tmp_path / "qa"
+  with _scripted_server() as server:
+    proc = _cli(["--books", str(d / "books.jsonl"), "--endpoint", server.url, "--tokenizer",
+                 str(data / "tokenizer.model"), "--lengths", "2048,4096", "--chunk-tokens", "200",
+                 "--output", str(out)], tmp_path)  # the default runner: DirectRunner, one process per core
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  vocab = MultimodalVocab.from_tokenizer(data / "tokenizer.model")
+  loss_tokens = set()  # per 4K example: the answers' tokens and their EOS
+  for target in (2048, 4096):
+    files = f"{out}/longqa-{target // 1024}k/*.jsonl"
+    records = [json.loads(x) for p in sorted(out.glob(f"longqa-{target // 1024}k/*.jsonl"))
+               for x in p.read_text().splitlines()]
+    config = LoaderConfig(sources=[{"name": "qa", "files": files}], seq_len=target, batch_size=1, shuffle=False,
+                          num_epochs=1)
+    examples = list(source_stream(config, config.sources[0], vocab, shard_index=0, shard_count=1))
+    assert len(examples) == len(records) >= 2
+    for record, ex in zip(records, examples):
+      messages = record["messages"]
+      assert 0.9 * target <= len(ex["inputs"]) + 1 <= target
+      assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
+      document = messages[0]["content"].rsplit("\n\n", 1)[0]
+      for m in messages[1::2]:
+        assert m["content"][len("The one ending "):] in document
+      answers = [i for m in messages[1::2] for i in [*vocab.sp.encode(m["content"]), vocab.eos_id]]
+      assert ex["targets"][ex[WEIGHTS] > 0].tolist() == answers
+      if target == 4096:
+        loss_tokens.add(len(answers))
+  sources = f"lwm_data_sources=[{{name: longqa, files: '{out}/longqa-4k/*.jsonl', group: longqa}}]"
+  train = run_lwm_train(["tiny_text_chat_4k.yml", f"lwm_data_dir={data}", f"base_output_directory={tmp_path / 'o'}",
+                         "load_parameters_path=''", "enable_checkpointing=false", "steps=1", sources,
+                         f"metrics_file={tmp_path}/metrics.jsonl"], devices=4, cwd=tmp_path)
+  assert train.returncode == 0, train.stderr[-4000:]
+  (row,) = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "learning/loss" in r]
+  assert np.isfinite(row["learning/loss"]) and row["learning/loss"] > 0, row
+  # One 4K row holds one example (truncated if longer: none is): its loss falls on exactly its answer tokens.
+  assert row["lwm/text_examples"] == 1 and row["lwm/text_tokens"] in loss_tokens, (row, loss_tokens)
