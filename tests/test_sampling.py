@@ -103,6 +103,19 @@ def test_seeded_runs_repeat_and_different_seeds_or_steps_differ():
   assert len(set(np.asarray(a).tolist())) > 1  # the rows of a batch draw independently
 
 
+def test_one_compile_per_setting_whatever_the_seed():
+  """The seed reaches `sample` through the key: runs with new seeds reuse the compiled function."""
+  logits = np.zeros((3, 17), np.float32)
+  allowed = np.ones_like(logits, bool)
+  s = Sampling(temperature=0.9, top_p=0.8)
+  sampling.sample(logits, allowed, sampling.step_key(0, 0), s)
+  before = sampling._sample._cache_size()
+  draws = [np.asarray(sampling.sample(logits, allowed, sampling.step_key(seed, 0), Sampling(0.9, None, 0.8, seed)))
+           for seed in range(1, 6)]
+  assert sampling._sample._cache_size() == before
+  assert len({d.tobytes() for d in draws}) > 1
+
+
 def test_allowed_mask_is_never_left():
   rng = np.random.default_rng(0)
   logits = rng.standard_normal((4, 50)).astype(np.float32) * 3

@@ -23,6 +23,7 @@ them before it picks the JAX platform.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -62,9 +63,17 @@ def filtered_logits(logits_BxV: jax.Array, allowed_BxV: jax.Array, sampling: Sam
   return logits_BxV
 
 
-@functools.partial(jax.jit, static_argnames=("sampling",))
 def sample(logits_BxV: jax.Array, allowed_BxV: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
-  """int32 [B]: the next id of each row. Every row must allow at least one id (`check_allowed`)."""
+  """int32 [B]: the next id of each row. Every row must allow at least one id (`check_allowed`).
+
+  The randomness is `key`'s; the seed in `sampling` is left out of the compiled function's static
+  argument, so a run per seed (`lwm-make-qa` draws one per batch) compiles once per setting.
+  """
+  return _sample(logits_BxV, allowed_BxV, key, dataclasses.replace(sampling, seed=0))
+
+
+@functools.partial(jax.jit, static_argnames=("sampling",))
+def _sample(logits_BxV: jax.Array, allowed_BxV: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
   filtered_BxV = filtered_logits(logits_BxV, allowed_BxV, sampling)
   if sampling.greedy:
     return jnp.argmax(filtered_BxV, axis=-1).astype(jnp.int32)
