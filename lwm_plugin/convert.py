@@ -27,6 +27,7 @@ from typing import Sequence
 
 from conversion.atomic import Terminated
 from conversion.spec import ConversionError
+from lwm_plugin import launch
 from lwm_plugin.config.files import ConfigError
 
 PROG = "lwm-convert"
@@ -77,8 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
-  from lwm_plugin import checkpoints  # pylint: disable=import-outside-toplevel  (MaxText/JAX after JAX_PLATFORMS)
-
+  checkpoints = launch.train_apps(None).checkpoints   # no config's `hardware`: conversion runs on the host
   checkpoints.quiet_failed_read_noise()  # a command line: Orbax's noise after a failed read is not for the user
   common = dict(overrides=args.overrides, progress=not args.no_progress)
   if args.command == "to-hf":
@@ -95,7 +95,6 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")   # before JAX is imported: conversion runs on the host
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # no "PyTorch was not found" notice
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("conversion").setLevel(logging.INFO)

@@ -32,6 +32,7 @@ import sys
 import traceback
 from typing import Sequence
 
+from lwm_plugin import launch
 from lwm_plugin.config.files import ConfigError, check_topology, peek, resolve_config_file, topology_overrides
 
 PROG = "lwm-train"
@@ -76,19 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides += _absolute_output_dir(config_file, overrides)
     if "--check" in flags:
       overrides += check_topology(config_file, overrides)
-      # The compile needs no device: keep JAX on the host, and let libtpu load beside another process.
-      os.environ["JAX_PLATFORMS"] = "cpu"
-      os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     elif "--print-config" in flags:
       overrides += topology_overrides(config_file, overrides)
-    if peek(config_file, overrides, "hardware") == "cpu":
-      # Before JAX is imported: keep an installed libtpu from probing for a TPU on a CPU run.
-      os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    training = launch.train_apps(config_file, overrides, aot="--check" in flags).training
   except ConfigError as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
-  from lwm_plugin import training  # pylint: disable=import-outside-toplevel  (MaxText/JAX after JAX_PLATFORMS)
-
   try:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if "--check" in flags:

@@ -6,7 +6,7 @@ anything is written, a one-screen summary of the resolved config on stdout, then
 with the LWM metrics. `check` compiles the train step ahead of time for a TPU pod; `resolve` gives
 the resolved config. Errors: `ConfigError` (bad config, nothing written), `LoaderFailed` (the data
 loader failed; `file:line: reason` for bad data), `TrainingFailed` (MaxText's own exit code).
-`lwm_plugin.train` imports this module only after it has set `JAX_PLATFORMS`.
+`lwm_plugin.train` reaches this module through `lwm_plugin.launch`, which sets `JAX_PLATFORMS` first.
 """
 
 from __future__ import annotations

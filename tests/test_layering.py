@@ -17,21 +17,14 @@ PACKAGES = ("data_loaders", "conversion", "lwm_plugin", "maxtext_configs")
 # Allowed arrows between top-level packages (from -> to): each points down the layering.
 DOWNWARD = {("conversion", "data_loaders"), ("lwm_plugin", "data_loaders"), ("lwm_plugin", "conversion"),
             ("lwm_plugin", "maxtext_configs")}
-# Function-local project imports, each with its reason (at most 6: one per command line that imports MaxText).
+# Function-local project imports, each with its reason (at most 5): the launcher's two halves and lwm-vision.
 LOCAL_IMPORTS: dict[tuple[str, str], str] = {
-    ("lwm_plugin/convert.py", "lwm_plugin.checkpoints"):
-        "MaxText fixes JAX's platform on import: the CLI sets JAX_PLATFORMS=cpu first",
-    ("lwm_plugin/train.py", "lwm_plugin.training"):
-        "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
-    ("lwm_plugin/evaluation/cli.py", "lwm_plugin.evaluation.needle_run"):
-        "MaxText fixes JAX's platform on import: the CLI reads `hardware` from the config first",
+    ("lwm_plugin/launch.py", "lwm_plugin.train_apps"):
+        "JAX reads JAX_PLATFORMS on import: lwm-train and lwm-convert set it (config `hardware`, --check) first",
+    ("lwm_plugin/launch.py", "lwm_plugin.decode_apps"):
+        "JAX reads JAX_PLATFORMS on import: lwm-eval, lwm-generate and lwm-make-qa set it (config `hardware`) first",
     ("lwm_plugin/vision/vision_cli.py", "lwm_plugin.vision.commands"):
         "JAX and Beam after the command line is checked: --platform sets JAX_PLATFORMS, usage errors stay instant",
-    ("lwm_plugin/generation/generate_cli.py", "lwm_plugin.generation.engine"):
-        "MaxText and JAX fix the platform on import: the CLI checks its arguments and reads `hardware` first",
-    ("lwm_plugin/longqa_gen/make_qa_cli.py", "lwm_plugin.longqa_gen.qa_run"):
-        "MaxText and JAX fix the platform on import: the CLI checks its arguments and sets JAX_PLATFORMS first "
-        "(the Beam workers inherit it)",
 }
 
 
@@ -63,7 +56,7 @@ def test_function_local_project_imports_are_few_and_explained():
   local = {(f, target) for f, _, target in _graph().local}
   unexplained = sorted(local - set(LOCAL_IMPORTS))
   assert not unexplained, f"function-local project imports without a reason in LOCAL_IMPORTS: {unexplained}"
-  assert len(LOCAL_IMPORTS) <= 6
+  assert len(LOCAL_IMPORTS) <= 5
   stale = sorted(set(LOCAL_IMPORTS) - local)
   assert not stale, f"LOCAL_IMPORTS lists imports that no longer exist: {stale}"
 

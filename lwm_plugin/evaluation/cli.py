@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import sys
 from typing import Sequence
 
-from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
+from lwm_plugin import launch
+from lwm_plugin.config.files import ConfigError, resolve_config_file
 from lwm_plugin.evaluation import needle
 from lwm_plugin.model_source import UsageError
 
@@ -86,12 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(e.code or 0)
   try:
     config_file = resolve_config_file(args.config)
-    if peek(config_file, args.overrides, "hardware") == "cpu":
-      # Before JAX is imported: keep an installed libtpu from probing for a TPU on a CPU run.
-      os.environ.setdefault("JAX_PLATFORMS", "cpu")
     task = needle.NeedleTask(args.needles, args.asked)
-    from lwm_plugin.evaluation import needle_run  # pylint: disable=import-outside-toplevel  (MaxText after JAX_PLATFORMS)
-
+    needle_run = launch.decode_apps(config_file, args.overrides).needle_run
     run = needle_run.prepare_needle(config_file, args.model, args.overrides, context_lengths=args.context_lengths,
                                     depths=args.depths, tasks=[task], rounds=args.rounds, seed=args.seed,
                                     output=args.output, haystack=args.haystack, prompt_format=args.prompt_format)

@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from lwm_plugin.config.files import ConfigError, check_topology, peek, resolve_config_file
+from lwm_plugin import launch
+from lwm_plugin.config.files import ConfigError, check_topology, resolve_config_file
 from lwm_plugin.generation import request as request_lib
 from lwm_plugin.generation.sampling_params import Sampling
 from lwm_plugin.model_source import UsageError, locate_model
@@ -170,13 +170,6 @@ def build_request(args: argparse.Namespace) -> request_lib.GenerateRequest:
   return request_lib.GenerateRequest(**common, **text, mode="text", prompts=prompts, raw=args.raw)
 
 
-def _engine():
-  """The heavy half (MaxText, JAX, the VQGAN), imported once JAX_PLATFORMS is chosen."""
-  from lwm_plugin.generation import engine  # pylint: disable=import-outside-toplevel  (MaxText after JAX_PLATFORMS)
-
-  return engine
-
-
 def _check(args: argparse.Namespace) -> int:
   """`--check`: only the config, overrides and --max-new-tokens apply; exit 0 when both programs fit."""
   inputs = {k: v for k, v in vars(args).items() if k not in ("config", "check", "json", "max_new_tokens", "overrides")}
@@ -188,11 +181,9 @@ def _check(args: argparse.Namespace) -> int:
   new_tokens = 256 if args.max_new_tokens is None else args.max_new_tokens
   if new_tokens < 1:
     raise UsageError(f"--max-new-tokens {new_tokens}: expected at least 1")
-  # The compile needs no device: keep JAX on the host, and let libtpu load beside another process.
-  os.environ["JAX_PLATFORMS"] = "cpu"
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  engine = launch.decode_apps(config_file, overrides, aot=True).engine
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  reports = _engine().check(config_file, overrides, new_tokens)
+  reports = engine.check(config_file, overrides, new_tokens)
   for report in reports:
     print(report.to_json() if args.json else "\n".join(report.lines()), flush=True)
   return 0 if all(r.fits for r in reports) else 1
@@ -212,10 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 2
   try:
     request = build_request(args)
-    if peek(request.config_file, request.overrides, "hardware") == "cpu":
-      # Before JAX is imported: keep an installed libtpu from probing for a TPU on a CPU run.
-      os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    engine = _engine()
+    engine = launch.decode_apps(request.config_file, request.overrides).engine
     prepared = engine.prepare(request)
   except (ConfigError, ValueError) as e:  # UsageError is a ValueError
     print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -35,7 +34,8 @@ from typing import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from data_loaders import longqa
-from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
+from lwm_plugin import launch
+from lwm_plugin.config.files import ConfigError, resolve_config_file
 from lwm_plugin.config.lwm_config import check_keys
 from lwm_plugin.longqa_gen.qa_endpoint import CompletionsClient
 from lwm_plugin.model_source import UsageError, locate_model
@@ -167,14 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(e.code or 0)
   try:
     request = build_request(args, extra)
+    # No generator config (an endpoint): the host CPU. The Beam workers inherit JAX_PLATFORMS.
+    qa_run = launch.decode_apps(request.config_file, request.overrides).qa_run
   except (ConfigError, ValueError) as e:  # UsageError is a ValueError
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
-  if request.config_file is None or peek(request.config_file, request.overrides, "hardware") == "cpu":
-    # Before JAX is imported (the workers inherit it): keep an installed libtpu from probing for a TPU.
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from lwm_plugin.longqa_gen import qa_run  # pylint: disable=import-outside-toplevel  (MaxText after the platform)
-
   return qa_run.run(request, log=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
 
 
