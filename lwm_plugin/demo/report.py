@@ -88,7 +88,7 @@ def _vision_section(vision: Any, model: str, root: Path) -> list[str]:
             else "the layout the vision stages train on (`<s>` image → caption; `<s>` caption → image, as "
                  "`lwm-generate --generate image --raw`)")
   return ["## Vision: understanding and generation", "",
-          f"Model: {model} (the final stage), on its Hugging Face export. {vision.prompts} held-out images of the "
+          f"Model: {model} (the final stage), its last checkpoint. {vision.prompts} held-out images of the "
           f"demo's shapes-and-colours data, drawn by the corpus's generator from a seed stream its files never use "
           f"({vision.seen_in_training} of their captions also occur in the training images); prompts in {layout}. "
           "**The demo's images are a toy codebook, not VQGAN codes**: on the 16 × 16 grid each colour owns a band "

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import shutil
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Collection, Literal, Sequence
@@ -106,17 +107,20 @@ def evaluate_vision(config_file: str, model: str, overrides: Sequence[str], *, p
       raise UsageError(f"{config_file}: a text model has no vision vocabulary to evaluate")
     scenes = toy_vision.held_out_scenes(seed, prompts, vocab.codebook_size)
     integration.install()
-    decoder = inference.CachedDecoder(config)
+    decoder = inference.CachedDecoder(config, bucket=config.max_prefill_predict_length)  # one prefill shape
+    log(f"vision: model imported and decoder built in {time.monotonic() - start:.0f} s")
     log(f"vision: {prompts} held-out images and captions ({layout} prompts, guidance {cfg_scale}), model "
         f"{config.load_parameters_path}, batch {decoder.batch_multiple}, {frame_new} new tokens per frame")
     answers = loop.generate_text(decoder, [understanding_ids(vocab, s.codes, layout) for s in scenes],
                                  max_new_tokens=ANSWER_TOKENS, stop_ids=(vocab.eos_id,),
                                  allowed_V=vp.text_mask(vocab, decoder.vocab_size))
     texts = [vocab.decode_text([int(t) for t in a.new_ids if t != vocab.eos_id]) for a in answers]
+    log(f"vision: {prompts} images described in {answers[0].prefill_s + max(a.decode_s for a in answers):.0f} s")
     drawn = loop.generate_vision(decoder, [vp.generation_prompt_ids(vocab, s.caption, "image", raw=layout == "raw")
                                            for s in scenes], vp.unconditional_ids(vocab),
                                  schedule=vp.frame_schedule(vocab, 1),
                                  code_mask_V=vp.code_mask(vocab, decoder.vocab_size), cfg_scale=cfg_scale)
+    log(f"vision: {prompts} captions drawn in {drawn[0].prefill_s + max(g.decode_s for g in drawn):.0f} s")
   finally:
     shutil.rmtree(import_dir, ignore_errors=True)
   frames = [vocab.decode(g.new_ids)[0][0] for g in drawn]  # the schedule makes each exactly one frame
@@ -134,15 +138,17 @@ def evaluate_vision(config_file: str, model: str, overrides: Sequence[str], *, p
   output.mkdir(parents=True, exist_ok=True)
   results = output / "vision.json"
   with atomic_path(results) as tmp, open(tmp, "w", encoding="utf-8") as f:
-    json.dump({"layout": layout, "cfg_scale": cfg_scale, "seed": seed, "question": QUESTION if layout == "chat" else None,
-               "codebook_size": vocab.codebook_size, "understanding": understanding, "generation": generation,
-               "seen_in_training": seen, "trials": trials}, f)
+    json.dump({"layout": layout, "cfg_scale": cfg_scale, "seed": seed,
+               "question": QUESTION if layout == "chat" else None, "codebook_size": vocab.codebook_size,
+               "understanding": understanding, "generation": generation, "seen_in_training": seen,
+               "trials": trials}, f)
   codebook = vocab.codebook_size
   gen_png = _figure(output / "vision_generation.png", [
-      (t["generation"]["frame"], f"{t['caption']}\n{_verdict(t['generation'])}") for t in trials[:FIGURE_PANELS]],
+      (t["generation"]["frame"], f"{_wrap(t['caption'])}\n{_verdict(t['generation'])}")
+      for t in trials[:FIGURE_PANELS]],
       codebook, f"text-to-image (guidance {cfg_scale}): colour and shape right {generation['correct']:.2f}")
   und_png = _figure(output / "vision_understanding.png", [
-      (t["codes"], f"answer: {t['understanding']['answer'].strip()[:60]}\n{_verdict(t['understanding'])}")
+      (t["codes"], f"{_wrap('answer: ' + t['understanding']['answer'].strip()[:80])}\n{_verdict(t['understanding'])}")
       for t in trials[:FIGURE_PANELS // 4]], codebook,
       f"image understanding: colour and shape named {understanding['correct']:.2f}")
   result = VisionResult(understanding, generation, prompts, layout, cfg_scale, seen, results, gen_png, und_png,
@@ -166,6 +172,10 @@ def _resolved(config_file: str, items: Path, overrides: Sequence[str], rows: int
                                   f"per_device_batch_size={per_device}", f"max_target_length={total}",
                                   f"max_prefill_predict_length={prompt}"])
   return config, frame_new
+
+
+def _wrap(text: str) -> str:
+  return "\n".join(textwrap.wrap(text, 36)) or "(empty)"
 
 
 def _verdict(trial: dict[str, Any]) -> str:
