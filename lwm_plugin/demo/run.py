@@ -46,9 +46,10 @@ from lwm_plugin.evaluation.needle import NeedleTask
 OUTPUT_ENV = "LWM_DEMO_OUTPUT"
 MARKER = ".lwm_demo"             # marks a directory the demo owns (and may wipe on the next run)
 FIRST_STAGE_OVERHEAD_S = 30.0    # start-up + compile guess for the ETA until a stage has been measured
-# The HF exports and the needle evaluation, in stage start-ups for the ETA (measured on 2 cores: about
-# 50 s after training, against 8-19 s per stage start-up).
-TAIL_IN_STAGE_STARTUPS = 3
+# The HF exports and the needle and vision evaluations, in stage start-ups for the ETA (measured on 2
+# cores: about 50 s after training, plus 15 s (fast) to 60 s (full, loaded host) of vision, against 8-19 s
+# per stage start-up).
+TAIL_IN_STAGE_STARTUPS = 4
 NEEDLE_SEED = 20240208
 VISION_SEED = 20240209
 VISION_PROMPTS = {"fast": 4, "full": 32}  # held-out images (and captions) per vision task, by plan mode
