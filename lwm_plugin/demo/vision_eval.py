@@ -193,7 +193,7 @@ def _figure(path: Path, panels: list[tuple[Any, str]], codebook_size: int, title
 
   cols = min(4, len(panels))
   rows = math.ceil(len(panels) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows + 0.4), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows + 0.4), squeeze=False)  # 0.4: the title
   for ax in axes.reshape(-1):
     ax.axis("off")
   for ax, (codes, text) in zip(axes.reshape(-1), panels):
@@ -201,7 +201,8 @@ def _figure(path: Path, panels: list[tuple[Any, str]], codebook_size: int, title
     ax.text(0.5, -0.03, text, transform=ax.transAxes, ha="center", va="top", fontsize=7)
   fig.suptitle(f"{title}\n(toy codebook: one colour per band of codes, the shape's texture code drawn as a mark)",
                fontsize=8)
-  fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.5 / (3.6 * rows + 0.4), bottom=0.02, hspace=0.35, wspace=0.08)
+  height = 3.6 * rows + 0.4
+  fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.5 / height, bottom=0.5 / height, hspace=0.35, wspace=0.08)
   with atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=90)
   plt.close(fig)
