@@ -60,7 +60,38 @@ def test_fast_demo_end_to_end(tmp_path):
   hf_config = json.loads((out / "hf" / plan.final_stage.name / "config.json").read_text())
   assert hf_config["architectures"] == ["LlamaForCausalLM"] and hf_config["vocab_size"] == 1408
   assert json.loads((out / "hf" / plan.needle_model / "config.json").read_text())["vocab_size"] == 1024
-  assert (out / MARKER).exists() and not (out / "hf_import").exists()
+  assert (out / MARKER).exists() and not (out / "hf_import").exists() and not (out / "vision_import").exists()
+  _check_summary(json.loads((out / "summary.json").read_text()), plan, out)
+  assert "## Vision: understanding and generation" in report and "toy codebook, not VQGAN codes" in report
+  assert "vision_generation.png" in report and "vision_understanding.png" in report
+
+
+def _check_summary(summary, plan, out):
+  """summary.json's structure (not its accuracies): phases, one entry per stage, grids lengths x depths, vision."""
+  assert summary["mode"] == plan.mode and summary["wall_s"] > 0
+  assert {f"train {s.name}" for s in plan.stages} | {"data", "needle evaluation", "vision evaluation"} <= set(
+      summary["phases_s"]) and all(v >= 0 for v in summary["phases_s"].values())
+  assert [s["name"] for s in summary["stages"]] == [s.name for s in plan.stages]
+  for entry, stage in zip(summary["stages"], plan.stages):
+    assert len(entry["losses"]) == stage.steps
+    assert (entry["loss_first"], entry["loss_last"]) == (entry["losses"][0], entry["losses"][-1])
+  assert set(summary["needle"]) == {"single", f"multi N={plan.grid.multi[0]} R={plan.grid.multi[1]}"}
+  for task in summary["needle"].values():
+    assert task["context_lengths"] == list(plan.grid.context_lengths) and task["depths"] == list(plan.grid.depths)
+    for field in ("accuracy", "city_named", "digits_right"):
+      grid = task[field]
+      assert len(grid) == len(plan.grid.depths) and all(len(row) == len(plan.grid.context_lengths) for row in grid)
+      assert all(0.0 <= x <= 1.0 for row in grid for x in row)
+  vision = summary["vision"]
+  assert vision["prompts"] >= 1 and vision["layout"] in ("chat", "raw")
+  for task in ("understanding", "generation"):
+    assert set(vision[task]) == {"correct", "colour", "shape", "background"}
+    assert all(0.0 <= x <= 1.0 for x in vision[task].values())
+  for key in ("generation_png", "understanding_png"):
+    width, height = _png_size(out / vision[key])
+    assert width > 100 and height > 100
+  trials = json.loads((out / vision["results"]).read_text())["trials"]
+  assert len(trials) == vision["prompts"] and all(len(t["generation"]["frame"]) == 256 for t in trials)
 
 
 def test_plan_from_env():
@@ -184,3 +215,23 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   assert "| 5.000 / — |" in text  # text stages show no vision loss
   nothing = render(types.SimpleNamespace(**{**vars(result), "mean": 0.0}))
   assert "**No needle was retrieved.** The tiny model (2 layers, 64 wide)" in nothing
+
+  scores = {"correct": 0.5, "colour": 0.75, "shape": 0.5, "background": 0.25}
+  vision = types.SimpleNamespace(understanding=scores, generation={**scores, "correct": 0.25}, prompts=4,
+                                 layout="raw", cfg_scale=3.0, seen_in_training=1, results=tmp_path / "vision.json",
+                                 generation_png=tmp_path / "vision_generation.png",
+                                 understanding_png=tmp_path / "vision_understanding.png", wall_s=12.0,
+                                 to_json=lambda root: {"prompts": 4})
+  summary = report.Summary(plan=plan, stages=stages, needles=[result], hf_final=tmp_path / "hf" / "a",
+                           hf_needle=tmp_path / "hf" / "b", timings={"data": 1.0}, wall_s=100.0, devices=4,
+                           machine="test", needle_model_size="2 layers, 64 wide", vision=vision)
+  text = report.render(summary, tmp_path)
+  assert "| image understanding (answer greedy, text ids) | 0.50 | 0.75 | 0.50 | 0.25 |" in text
+  assert "| text-to-image (greedy, guidance 3.0) | 0.25 | 0.75 |" in text
+  assert "![generation](vision_generation.png)" in text and "1 of their captions also occur" in text
+  doc = report.summary_json(summary, tmp_path)
+  assert doc["phases_s"] == {**{f"train {s.name}": 30.0 for s in plan.stages}, "data": 1.0}
+  assert [s["losses"] for s in doc["stages"]] == [[6.0, 5.0]] * len(plan.stages)
+  assert doc["needle"]["single"]["accuracy"] == [[1.0, 0.0], [0.0, 0.0]]  # depth 0 / 100% x lengths 500 / 1000
+  assert np.allclose(doc["needle"]["single"]["digits_right"], [[1.0, 1 / 7], [4 / 7, 0.0]])
+  assert doc["vision"] == {"prompts": 4}

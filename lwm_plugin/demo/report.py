@@ -1,7 +1,11 @@
-"""`demo_output/report.md`: losses per stage, tokens/s, the HF exports, needle accuracies and their trend.
+"""`demo_output/report.md` and `summary.json`: losses per stage, tokens/s, the HF exports, needle
+accuracies and their trend, the vision scores and pictures, wall time per phase.
 
-Accuracies are read back from the evaluation's results files (`needle_*.json`), so the report says
-exactly what was measured; nothing here is estimated.
+Accuracies are read back from the evaluations' results files (`needle_*.json`, `vision.json`), so the
+report says exactly what was measured; nothing here is estimated. `summary.json` holds the same
+figures for programs: per stage its losses (every step), per needle task its grids per cell
+(accuracy, asked city named, digits right; rows are depths, columns context lengths), the vision
+scores, and the wall time of every phase.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Summary:
   devices: int
   machine: str
   needle_model_size: str   # e.g. "2 layers, 64 wide"
+  vision: Any = None       # `vision_eval.VisionResult` of the final model
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -77,6 +82,30 @@ def _needle_section(result: Any, root: Path) -> list[str]:
   return lines + [""]
 
 
+def _vision_section(vision: Any, model: str, root: Path) -> list[str]:
+  und, gen = vision.understanding, vision.generation
+  layout = ("LWM's vision chat template (`lwm-generate --vision-codes`, `--generate image`)" if vision.layout == "chat"
+            else "the layout the vision stages train on (`<s>` image → caption; `<s>` caption → image, as "
+                 "`lwm-generate --generate image --raw`)")
+  return ["## Vision: understanding and generation", "",
+          f"Model: {model} (the final stage), its last checkpoint. {vision.prompts} held-out images of the "
+          f"demo's shapes-and-colours data, drawn by the corpus's generator from a seed stream its files never use "
+          f"({vision.seen_in_training} of their captions also occur in the training images); prompts in {layout}. "
+          "**The demo's images are a toy codebook, not VQGAN codes**: on the 16 × 16 grid each colour owns a band "
+          "of codes and each shape a texture code inside it, so both directions are scored automatically "
+          "(`data_loaders/toy_vision.py`). No trained VQGAN is available offline, so no real round trip through "
+          "`lwm-vision` is shown (a randomly initialised one would show nothing).", "",
+          "| task | colour and shape right | colour right | shape right | background right |", "|---|---|---|---|---|",
+          f"| image understanding (answer greedy, text ids) | {und['correct']:.2f} | {und['colour']:.2f} | "
+          f"{und['shape']:.2f} | {und['background']:.2f} |",
+          f"| text-to-image (greedy, guidance {vision.cfg_scale}) | {gen['correct']:.2f} | {gen['colour']:.2f} | "
+          f"{gen['shape']:.2f} | {gen['background']:.2f} |", "",
+          f"Generated images, caption and verdict under each: ![generation]({_rel(vision.generation_png, root)})", "",
+          f"Understanding, image and answer: ![understanding]({_rel(vision.understanding_png, root)})", "",
+          f"Every prompt, answer, frame and score: `{_rel(vision.results, root)}`; wall time "
+          f"{clock(vision.wall_s)}.", ""]
+
+
 def render(summary: Summary, root: Path) -> str:
   plan, stamp = summary.plan, datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
   tokens = sum(r.stage.steps * r.tokens_per_step for r in summary.stages)
@@ -109,12 +138,34 @@ def render(summary: Summary, root: Path) -> str:
               "run the paper's 7B stages (`docs/stages.md`).", ""]
   for result in summary.needles:
     lines += _needle_section(result, root)
+  if summary.vision is not None:
+    lines += _vision_section(summary.vision, plan.final_stage.name, root)
   lines += ["## Timings", "", *[f"- {name}: {clock(s)}" for name, s in summary.timings.items()], ""]
   return "\n".join(lines)
 
 
+def summary_json(summary: Summary, root: Path) -> dict[str, Any]:
+  """The figures of the report for programs (`summary.json`)."""
+  needles = {}
+  for result in summary.needles:
+    doc = json.loads(Path(result.results).read_text())
+    needles[result.task] = {"mean_accuracy": result.mean, "context_lengths": doc["context_lengths"],
+                            "depths": doc["depths"], **{k: doc[k] for k in ("accuracy", "city_named", "digits_right")},
+                            "results": _rel(result.results, root), "heatmap": _rel(result.heatmap, root)}
+  stages = [{"name": r.stage.name, "config": r.stage.config, "steps": r.stage.steps, "context": r.context,
+             "rope_theta": r.rope_theta, "tokens_per_step": r.tokens_per_step, "loss_first": r.losses[0],
+             "loss_last": r.losses[-1], "losses": list(r.losses), "text_loss": r.text_loss,
+             "vision_loss": r.vision_loss, "tokens_per_s": r.tokens_per_s, "setup_s": r.setup_s, "wall_s": r.wall_s}
+            for r in summary.stages]
+  phases = {f"train {r.stage.name}": r.wall_s for r in summary.stages} | dict(summary.timings)
+  return {"mode": summary.plan.mode, "wall_s": summary.wall_s, "phases_s": phases, "stages": stages,
+          "needle": needles, "vision": None if summary.vision is None else summary.vision.to_json(root)}
+
+
 def write(path: Path, summary: Summary) -> Path:
-  """Writes the report atomically (temporary file + rename)."""
+  """Writes the report and `summary.json` beside it, each atomically (temporary file + rename)."""
+  with atomic_path(path.parent / "summary.json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+    json.dump(summary_json(summary, path.parent), f, indent=1)
   text = render(summary, path.parent)
   with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     f.write(text)

@@ -10,7 +10,10 @@
 3. exports the final model and the needle model to Hugging Face (`lwm-convert to-hf`);
 4. evaluates single- and multi-needle retrieval over context length x depth on the HF export of the
    needle model (imported back, prefill by ring attention over the 4 devices, `lwm-eval needle`);
-5. writes `report.md`, the heatmaps and the HF models under the output directory (`demo_output/`).
+5. evaluates the final (vision) model on held-out images both ways, captioning and text-to-image with
+   classifier-free guidance, scored on the toy codebook (`vision_eval`);
+6. writes `report.md`, `summary.json`, the heatmaps, the vision pictures and the HF models under the
+   output directory (`demo_output/`).
 
 Stages run in this process one after another (MaxText is imported once; each stage compiles its
 own step); their MaxText output goes to `logs/<stage>.log`, the terminal shows one line per step.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 import shutil
@@ -33,7 +37,7 @@ from conversion.spec import ConversionError
 from data_loaders import tiny_data
 from lwm_plugin import checkpoints, training
 from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
-from lwm_plugin.demo import progress, report
+from lwm_plugin.demo import progress, report, vision_eval
 from lwm_plugin.demo.jax_env import DEVICES, configure
 from lwm_plugin.demo.plan import Plan, Stage, plan_from_env
 from lwm_plugin.evaluation import needle_run
@@ -42,10 +46,17 @@ from lwm_plugin.evaluation.needle import NeedleTask
 OUTPUT_ENV = "LWM_DEMO_OUTPUT"
 MARKER = ".lwm_demo"             # marks a directory the demo owns (and may wipe on the next run)
 FIRST_STAGE_OVERHEAD_S = 30.0    # start-up + compile guess for the ETA until a stage has been measured
-# The HF exports and the needle evaluation, in stage start-ups for the ETA (measured on 2 cores: about
-# 50 s after training, against 8-19 s per stage start-up).
-TAIL_IN_STAGE_STARTUPS = 3
+# The HF exports and the needle and vision evaluations, in stage start-ups for the ETA (measured on 2
+# cores: about 50 s after training, plus 15 s (fast) to 60 s (full, loaded host) of vision, against 8-19 s
+# per stage start-up).
+TAIL_IN_STAGE_STARTUPS = 4
 NEEDLE_SEED = 20240208
+VISION_SEED = 20240209
+VISION_PROMPTS = {"fast": 4, "full": 32}  # held-out images (and captions) per vision task, by plan mode
+# The tiny vision stages train on the corpus's caption/vision lines (`[caption],vision`,
+# `[vision],caption`), not on chat turns, so the vision evaluation asks in that layout.
+VISION_LAYOUT: vision_eval.Layout = "raw"
+VISION_CFG_SCALE = 3.0
 
 
 class DemoError(RuntimeError):
@@ -222,6 +233,27 @@ class Demo:
     self.timings["needle evaluation"] = time.monotonic() - start
     return [NeedleResult(task.name, *report) for task, report in zip(tasks, reports)]
 
+  # -- 5. vision evaluation -------------------------------------------------------------------
+  def vision(self) -> vision_eval.VisionResult:
+    """Understanding and generation on held-out images, with the final stage's last checkpoint (its HF
+    import costs more than the whole evaluation in the fast demo; the needle evaluation tests that path)."""
+    stage = self.plan.final_stage
+    checkpoint = self.results[stage.name].checkpoint
+    start = time.monotonic()
+    seen = {json.loads(line)["caption"] for line in (self.data / "image.jsonl").read_text().splitlines()}
+    self.say(f"vision evaluation of {stage.name} (final checkpoint): {VISION_PROMPTS[self.plan.mode]} held-out "
+             f"images described and captions drawn (guidance {VISION_CFG_SCALE})")
+    try:
+      with self._quiet("vision"):
+        result = vision_eval.evaluate_vision(
+            resolve_config_file(stage.config), str(checkpoint), self._common(), prompts=VISION_PROMPTS[self.plan.mode],
+            seed=VISION_SEED, layout=VISION_LAYOUT, cfg_scale=VISION_CFG_SCALE, output=self.out, seen_captions=seen,
+            log=lambda line: self.term.write(f"  {line}\n"))
+    except (ConfigError, ValueError) as e:  # UsageError is a ValueError
+      raise self._failed("vision", e) from e
+    self.timings["vision evaluation"] = time.monotonic() - start
+    return result
+
   def run(self) -> Path:
     self.generate_data()
     for i, stage in enumerate(self.plan.stages):
@@ -230,10 +262,11 @@ class Demo:
     needle_hf = final if self.plan.needle_model == self.plan.final_stage.name else self.export(self.plan.needle_model)
     needles = self.needles(needle_hf)
     shutil.rmtree(self.out / "hf_import", ignore_errors=True)  # the evaluation's import of the HF export
+    vision = self.vision()
     path = report.write(self.out / "report.md", report.Summary(
         plan=self.plan, stages=list(self.results.values()), needles=needles, hf_final=final, hf_needle=needle_hf,
         timings=self.timings, wall_s=time.monotonic() - self.started, devices=DEVICES,
-        needle_model_size=self._model_size(self.results[self.plan.needle_model].stage),
+        needle_model_size=self._model_size(self.results[self.plan.needle_model].stage), vision=vision,
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"))
     self.say(f"done in {progress.clock(time.monotonic() - self.started)}; report: {path}")
     return path
