@@ -50,6 +50,9 @@ def test_grid_is_deterministic_and_results_are_written(corpus_vocab, tmp_path):
   assert table[:, 0].tolist() == [1.0, 1.0] and table[:, 1].tolist() == [0.0, 0.0]
   doc = json.loads(needle.write_results(tmp_path / "r.json", task, grid).read_text())
   assert doc["mean_accuracy"] == 0.5 and len(doc["trials"]) == 8
+  for trial, written in zip(grid, doc["trials"]):  # every prompt is in the file, as text the model read
+    assert written["prompt"].endswith("number? ASSISTANT:") and trial.numbers[0] in written["prompt"]
+    assert corpus_vocab.encode_text(written["prompt"]) == [int(t) for t in trial.tokens[1:]]
   png = needle.plot_heatmap(tmp_path / "h.png", grid, "test").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -67,6 +67,7 @@ class Trial:
   cities: list[str]
   numbers: list[str]
   tokens: np.ndarray
+  prompt: str = ""                    # the prompt's text (its ids decoded), written to the results file
   response: str = ""
   score: float = float("nan")
   city_named: float = float("nan")    # diagnostics below the all-or-nothing score (`partial_credit`)
@@ -74,7 +75,7 @@ class Trial:
 
   def to_json(self) -> dict:
     return {"context_length": self.context_length, "depth": self.depth, "round": self.round,
-            "prompt_tokens": int(len(self.tokens)), "cities": self.cities, "numbers": self.numbers,
+            "prompt_tokens": int(len(self.tokens)), "prompt": self.prompt, "cities": self.cities, "numbers": self.numbers,
             "response": self.response, "score": self.score, "city_named": self.city_named,
             "digits_right": self.digits_right}
 
@@ -260,6 +261,8 @@ def build_grid(vocab: MultimodalVocab, task: NeedleTask, context_lengths: Sequen
         else:
           start = (r * longest) % len(haystack.ids) if haystack.ids is not None else 0
           trials.append(_window_trial(vocab, task, length, depth, rng, r, haystack, prompt_format, start))
+  for trial in trials:
+    trial.prompt = vocab.decode_text(trial.tokens)
   return trials
 
 
