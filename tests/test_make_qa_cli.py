@@ -74,6 +74,9 @@ def test_usage_errors(work, capsys, tmp_path):
       (base + ["--generator-config", "tiny_text_chat_4k.yml", "--generator", str(d), "--set", "no_such_key=1"],
        "no_such_key"),
   ]
+  (d / "bad.yml").write_text("steps: 2\nhardware: [cpu\n")
+  cases.append((base + ["--generator-config", str(d / "bad.yml"), "--generator", str(d)],
+                f"{d}/bad.yml:2: not valid YAML: "))
   (d / "bad_template.txt").write_text("no placeholder")
   cases.append((base + ["--endpoint", "http://h", "--template", str(d / "bad_template.txt")] + tok, "exactly once"))
   for argv, message in cases:
