@@ -24,6 +24,7 @@ from data_loaders import synthetic_corpus as sc
 from data_loaders.batch import WEIGHTS
 from data_loaders.pipeline import source_stream
 from data_loaders.vocab import MultimodalVocab
+from lwm_plugin.beam_cli import beam_args
 from lwm_plugin.longqa_gen import make_qa_cli
 
 IN_MEMORY = "--direct_running_mode=in_memory"
@@ -111,7 +112,7 @@ def test_the_readme_commands_parse():
   assert len(commands) == 3
   for argv in commands:
     args, extra = make_qa_cli._parser().parse_known_args(argv)
-    make_qa_cli._beam_args(extra)
+    beam_args(extra, make_qa_cli.PROG)
     assert (args.endpoint is None) != (args.generator is None) and args.lengths
 
 

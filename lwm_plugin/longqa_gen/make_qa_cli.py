@@ -31,10 +31,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from data_loaders import longqa
 from lwm_plugin import launch
+from lwm_plugin.beam_cli import beam_args
 from lwm_plugin.config.files import ConfigError, resolve_config_file
 from lwm_plugin.config.lwm_config import check_keys
 from lwm_plugin.longqa_gen.qa_endpoint import CompletionsClient
@@ -107,19 +107,6 @@ def _lengths(text: str) -> tuple[int, ...]:
   return lengths
 
 
-def _beam_args(extra: Sequence[str]) -> tuple[str, ...]:
-  """The arguments lwm-make-qa does not know, if each option among them is one of Beam's."""
-  if not extra:
-    return ()
-  known = PipelineOptions([]).get_all_options()
-  for arg in extra:
-    if arg.startswith("-"):
-      name = arg.lstrip("-").split("=", 1)[0].replace("-", "_")
-      if name not in known:
-        raise UsageError(f"unrecognized option {arg.split('=', 1)[0]} (neither lwm-make-qa's nor a Beam option)")
-  return tuple(extra)
-
-
 def build_request(args: argparse.Namespace, extra: Sequence[str]) -> MakeQARequest:
   """Every check that needs no JAX or MaxText; raises UsageError (or ConfigError/ValueError)."""
   if (args.endpoint is None) == (args.generator is None):
@@ -156,7 +143,7 @@ def build_request(args: argparse.Namespace, extra: Sequence[str]) -> MakeQAReque
                                  top_p=args.top_p, model=args.endpoint_model, timeout_s=args.timeout)
   return MakeQARequest(args.books, args.output, _lengths(args.lengths), config_file, args.generator, tuple(args.set),
                        endpoint, args.tokenizer, template, args.chunk_tokens, args.retries, args.seed, args.batch_size,
-                       args.books_per_shard, args.max_new_tokens, args.temperature, args.top_p, _beam_args(extra))
+                       args.books_per_shard, args.max_new_tokens, args.temperature, args.top_p, beam_args(extra, PROG))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
