@@ -19,7 +19,7 @@ from helpers.random_llama import write_random_llama
 from helpers.scripted_qa import scripted_completion
 
 from conftest import REPO, read_metrics, run_lwm_train, subprocess_env
-from data_loaders import LoaderConfig
+from data_loaders.pipeline import LoaderConfig
 from data_loaders import synthetic_corpus as sc
 from data_loaders.batch import WEIGHTS
 from data_loaders.pipeline import source_stream
