@@ -33,10 +33,10 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from data_loaders import LoaderConfig, build_dataset
 from data_loaders.lwm_format import FormatOptions
 from data_loaders.sources import LWMJsonlReader
 from data_loaders.packing import example_features
+from data_loaders.pipeline import LoaderConfig, build_dataset
 from data_loaders.pretokenized import write_arrayrecord
 from data_loaders.synthetic_corpus import CorpusSpec, generate_corpus
 from data_loaders.vocab import MultimodalVocab

@@ -35,14 +35,19 @@ from typing import Any, Mapping, Sequence
 
 import grain
 
+from data_loaders.examples import LWMFormatError
 from data_loaders.lwm_format import FormatOptions
-from data_loaders.packing import OVERLONG_POLICIES, PACKING_TYPES, normalize_weights, pack_rows
+from data_loaders.packing import OVERLONG_POLICIES, PACKING_TYPES, OverlongError, normalize_weights, pack_rows
 from data_loaders.sources import LWMDataSource, RecordDecoder, check_unique_names, expand_files, open_source
 from data_loaders.stream import ExampleStreamIterDataset
 from data_loaders.vocab import MultimodalVocab
 from data_loaders.weights import WEIGHTINGS
 
 logger = logging.getLogger(__name__)
+
+# Errors that mean "this data is bad" (their message names file:line), as opposed to a loader failure;
+# they pickle, so they cross Grain worker processes.
+DATA_ERRORS = (LWMFormatError, OverlongError)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -63,8 +63,11 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_the_launcher_and_its_command_lines_import_no_jax():
+  """Every command line's module: `--help` and usage errors answer at once, and JAX_PLATFORMS still counts."""
   proc = _run("import sys\nfrom lwm_plugin import launch, train, convert\nfrom lwm_plugin.generation import generate_cli\n"
-              "print(sorted(m for m in ('jax', 'maxtext', 'apache_beam') if m in sys.modules))\n")
+              "from lwm_plugin.evaluation import cli\nfrom lwm_plugin.longqa_gen import make_qa_cli\n"
+              "from lwm_plugin.vision import vision_cli\n"
+              "print(sorted(m for m in ('jax', 'maxtext', 'apache_beam', 'grain') if m in sys.modules))\n")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip() == "[]"
 

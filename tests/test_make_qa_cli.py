@@ -19,11 +19,12 @@ from helpers.random_llama import write_random_llama
 from helpers.scripted_qa import scripted_completion
 
 from conftest import REPO, read_metrics, run_lwm_train, subprocess_env
-from data_loaders import LoaderConfig
+from data_loaders.pipeline import LoaderConfig
 from data_loaders import synthetic_corpus as sc
 from data_loaders.batch import WEIGHTS
 from data_loaders.pipeline import source_stream
 from data_loaders.vocab import MultimodalVocab
+from lwm_plugin.beam_cli import beam_args
 from lwm_plugin.longqa_gen import make_qa_cli
 
 IN_MEMORY = "--direct_running_mode=in_memory"
@@ -74,6 +75,9 @@ def test_usage_errors(work, capsys, tmp_path):
       (base + ["--generator-config", "tiny_text_chat_4k.yml", "--generator", str(d), "--set", "no_such_key=1"],
        "no_such_key"),
   ]
+  (d / "bad.yml").write_text("steps: 2\nhardware: [cpu\n")
+  cases.append((base + ["--generator-config", str(d / "bad.yml"), "--generator", str(d)],
+                f"{d}/bad.yml:2: not valid YAML: "))
   (d / "bad_template.txt").write_text("no placeholder")
   cases.append((base + ["--endpoint", "http://h", "--template", str(d / "bad_template.txt")] + tok, "exactly once"))
   for argv, message in cases:
@@ -108,7 +112,7 @@ def test_the_readme_commands_parse():
   assert len(commands) == 3
   for argv in commands:
     args, extra = make_qa_cli._parser().parse_known_args(argv)
-    make_qa_cli._beam_args(extra)
+    beam_args(extra, make_qa_cli.PROG)
     assert (args.endpoint is None) != (args.generator is None) and args.lengths
 
 

@@ -6,9 +6,10 @@ import re
 import numpy as np
 import pytest
 
-from data_loaders import ROW_KEYS, LoaderConfig, build_dataset, tiny_data
+from data_loaders import tiny_data
+from data_loaders.batch import ROW_KEYS
 from data_loaders.lwm_format import LWMFormatError
-from data_loaders.pipeline import source_stream
+from data_loaders.pipeline import LoaderConfig, build_dataset, source_stream
 from data_loaders.pretokenized import pretokenize_jsonl, write_arrayrecord, write_parquet
 from data_loaders.stream import TooManyInvalidError
 

@@ -333,3 +333,10 @@ def test_disk_full_is_an_error_line_and_leaves_nothing(tmp_path, capsys, inputs,
   monkeypatch.setattr(ParamsWriter, "add", full)
   _probe(capsys, tmp_path, _from_hf(inputs / "hf", tmp_path / "out"), "No space left on device",
          str(tmp_path / "out.partial-"))
+
+
+def test_config_that_is_not_valid_yaml(tmp_path, capsys):
+  (tmp_path / "bad.yml").write_text("steps: 2\nhardware: [cpu\n")
+  argv = ["to-hf", "--config", str(tmp_path / "bad.yml"), "--checkpoint", str(tmp_path / "ckpt"),
+          "--output", str(tmp_path / "out"), "--no-tokenizer"]
+  _probe(capsys, tmp_path, argv, f"{tmp_path}/bad.yml:2: not valid YAML: ")

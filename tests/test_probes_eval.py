@@ -140,3 +140,9 @@ def test_hugging_face_directory_that_does_not_import(tiny_lwm_data, tmp_path, mo
   err = _probe(_needle(str(hf), "--context-lengths", "500", f"lwm_data_dir={tiny_lwm_data}"), tmp_path, monkeypatch,
                capsys)
   assert f"lwm-eval: error: --model {hf}: importing the Hugging Face model failed" in err
+
+
+def test_config_that_is_not_valid_yaml(items, tmp_path, monkeypatch, capsys):
+  (tmp_path / "bad.yml").write_text("steps: 2\nhardware: [cpu\n")
+  err = _probe(_needle(items, config=str(tmp_path / "bad.yml")), tmp_path, monkeypatch, capsys)
+  assert f"lwm-eval: error: {tmp_path}/bad.yml:2: not valid YAML: " in err

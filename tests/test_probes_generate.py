@@ -158,3 +158,9 @@ def test_prompt_longer_than_the_cache(items, tiny_lwm_data, tmp_path, monkeypatc
   err = _probe(_gen(items, "--prompt", "the old farmer " * 40, "--max-new-tokens", "32",
                     f"lwm_data_dir={tiny_lwm_data}", "max_target_length=64"), tmp_path, monkeypatch, capsys)
   assert "lwm-generate: error: prompt 1 has" in err and "the cache holds 32 prompt tokens" in err
+
+
+def test_config_that_is_not_valid_yaml(items, tmp_path, monkeypatch, capsys):
+  (tmp_path / "bad.yml").write_text("steps: 2\nhardware: [cpu\n")
+  err = _probe(_gen(items, "--prompt", "a", config=str(tmp_path / "bad.yml")), tmp_path, monkeypatch, capsys)
+  assert f"lwm-generate: error: {tmp_path}/bad.yml:2: not valid YAML: " in err

@@ -64,6 +64,18 @@ def test_missing_data_dir_exits_2_and_writes_nothing(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("text, line", [("steps: 2\nhardware: [cpu\n", 2), ("steps: 2\n\xff\n", None)])
+def test_config_that_is_not_valid_yaml_exits_2_and_writes_nothing(tmp_path, text, line):
+  """A YAML syntax error names file and line; a file that is not UTF-8 names the file (no traceback)."""
+  (tmp_path / "bad.yml").write_bytes(text.encode("latin-1"))
+  proc = run_lwm_train(["bad.yml"], cwd=tmp_path)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  where = f"{tmp_path}/bad.yml:{line}: not valid YAML: " if line else f"{tmp_path}/bad.yml: cannot read the config file: "
+  assert proc.stderr.strip().splitlines()[-1].startswith(f"lwm-train: error: {where}"), proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert [p.name for p in tmp_path.iterdir()] == ["bad.yml"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case, workers", [("json", 0), ("code", 1), ("missing", 0)])
 def test_a_bad_line_fails_the_run_with_file_line_last(workdir, case, workers):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers.scripted_qa import FAILURE, ScriptedGenerator
 
-from data_loaders import LoaderConfig
+from data_loaders.pipeline import LoaderConfig
 from data_loaders import synthetic_corpus as sc
 from data_loaders.batch import WEIGHTS
 from data_loaders.pipeline import source_stream

@@ -1,6 +1,7 @@
 """`lwm-vision`: usage errors before JAX or Beam is imported (rc 2, nothing written); encode -> decode."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from conftest import REPO, subprocess_env
 from helpers.vqgan_files import TINY_GRID as TINY, write_random_vqgan
+from lwm_plugin.beam_cli import beam_args
 from lwm_plugin.vision import media, vision_cli as cli
 from lwm_plugin.vision.vqgan import load_vqgan
 
@@ -68,6 +70,33 @@ def test_usage_errors_exit_2_write_nothing_and_import_neither_jax_nor_beam(files
   for (_, message), line in zip(cases, errors):
     assert message in line, (message, line)
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("beam, message", [
+    (["--runner", "DataflowRunner", "--project", "P", "--region=R", "--save_main_session"], None),  # the README's form
+    (["--runner=DataflowRunner", "--project=P"], None),
+    (["--runner", "DataflowRunner", "P"], "unexpected arguments ['P']"),
+    (["--projekt", "P"], "unrecognized option --projekt (neither lwm-vision's nor a Beam option)"),
+])
+def test_prepare_takes_beam_options_in_both_forms(files, tmp_path, beam, message):
+  argv = ["prepare", "--vqgan", str(files / "vq"), "--manifest", str(files / "m.jsonl"), "--output", str(tmp_path / "p")]
+  args, extra = cli._parser().parse_known_args([*argv, *beam])  # pylint: disable=protected-access
+  if message is None:
+    cli._check(args, extra)  # pylint: disable=protected-access
+    assert extra == beam
+  else:
+    with pytest.raises(cli.UsageError, match=re.escape(message)):
+      cli._check(args, extra)  # pylint: disable=protected-access
+
+
+def test_the_readme_dataflow_command_parses():
+  """The README's `lwm-vision prepare ... --runner DataflowRunner --project PROJECT ...` (Beam options with spaces)."""
+  text = (REPO / "README.md").read_text().replace("\\\n", " ")
+  [argv] = [line.split("lwm-vision", 1)[1].split() for line in text.splitlines()
+            if line.startswith("lwm-vision prepare ") and "--runner" in line]
+  _, extra = cli._parser().parse_known_args(argv)  # pylint: disable=protected-access
+  assert beam_args(extra, cli.PROG) == ("--runner", "DataflowRunner", "--project", "PROJECT", "--region", "REGION",
+                                        "--temp_location", "gs://BUCKET/tmp", "--sdk_container_image", "IMAGE")
 
 
 def test_bad_fields_specs_and_manifests_are_usage_errors(files, tmp_path, capsys):

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, read_metrics, run_lwm_train, subprocess_env
-from data_loaders import LoaderConfig
+from data_loaders.pipeline import LoaderConfig
 from data_loaders.pipeline import source_stream
 from helpers.vqgan_files import TINY_GRID, write_random_vqgan
 from lwm_plugin.vision import manifest, prepare

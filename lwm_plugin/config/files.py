@@ -52,6 +52,22 @@ def _parent_config(config_file: str, base: str) -> str:
   return beside if os.path.isfile(beside) else os.path.join(maxtext_configs_dir(), base)
 
 
+def _load(path: str, parse):
+  """`parse(file)` on the YAML file at `path`; a syntax error or unreadable file becomes a ConfigError
+  naming the file and line (a CLI answers `prog: error: ...`, rc 2, not a traceback)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return parse(f)
+  except yaml.YAMLError as e:
+    mark = getattr(e, "context_mark", None) or getattr(e, "problem_mark", None)  # where the bad construct starts
+    where = f"{path}:{mark.line + 1}" if mark is not None else path
+    context = getattr(e, "context", None)
+    problem = getattr(e, "problem", None) or str(e)
+    raise ConfigError(f"{where}: not valid YAML: {context + ', ' if context else ''}{problem}") from e
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError(f"{path}: cannot read the config file: {e}") from e
+
+
 def config_chain(config_file: str) -> list[tuple[str, dict[str, int]]]:
   """The `base_config` chain from `config_file` upwards: (path, {top-level key: line number})."""
   chain = []
@@ -61,8 +77,7 @@ def config_chain(config_file: str) -> list[tuple[str, dict[str, int]]]:
       raise ConfigError(f"{path}: base_config chain loops back to this file")
     if not os.path.isfile(path):
       raise ConfigError(f"{chain[-1][0] if chain else path}: base_config file {path!r} not found")
-    with open(path, encoding="utf-8") as f:
-      node = yaml.compose(f)
+    node = _load(path, yaml.compose)
     keys: dict[str, int] = {}
     base = None
     if node is not None:
@@ -87,11 +102,13 @@ def peek(config_file: str, overrides: Iterable[str], key: str) -> Any:
   for arg in reversed(list(overrides)):
     k, sep, v = arg.partition("=")
     if sep and k == key:
-      return yaml.safe_load(v)
+      try:
+        return yaml.safe_load(v)
+      except yaml.YAMLError as e:
+        raise ConfigError(f"command-line argument {arg!r}: not valid YAML: {getattr(e, 'problem', e)}") from e
   for path, keys in config_chain(config_file):
     if key in keys:
-      with open(path, encoding="utf-8") as f:
-        return (yaml.safe_load(f) or {}).get(key)
+      return (_load(path, yaml.safe_load) or {}).get(key)
   return None
 
 

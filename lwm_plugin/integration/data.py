@@ -3,7 +3,7 @@
 Four replacements (rows in `PATCH_TABLE`):
 
 * `input_pipeline_interface.make_grain_train_iterator` / `make_grain_eval_iterator`: with LWM
-  sources configured, build `data_loaders.build_dataset` for this host (its shard among MaxText's
+  sources configured, build `data_loaders.pipeline.build_dataset` for this host (its shard among MaxText's
   data-loading processes, MaxText's local batch size) and wrap it in MaxText's own
   `MultiHostDataLoadIterator`; without them, MaxText's own Grain pipeline. MaxText keeps choosing
   which hosts load data, and its checkpointing saves the iterator state (the `iter` item,
@@ -36,9 +36,8 @@ import jax
 from maxtext.input_pipeline import data_processing_utils, multihost_dataloading
 from maxtext.input_pipeline.synthetic_data_processing import PlaceHolderDataIterator
 
-from data_loaders import DATA_ERRORS
 from data_loaders.batch import LWM_KEYS
-from data_loaders.pipeline import LoaderConfig, build_dataset, describe
+from data_loaders.pipeline import DATA_ERRORS, LoaderConfig, build_dataset, describe
 from lwm_plugin.config.settings import model_vocab
 
 logger = logging.getLogger("lwm_plugin.integration")

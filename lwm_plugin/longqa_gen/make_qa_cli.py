@@ -19,8 +19,10 @@ KV cache, loaded once per worker) or any OpenAI-compatible completions endpoint 
 serving a larger model). Options lwm-make-qa does not know go to Beam (`--runner DataflowRunner
 --project P --region R ...`, `--runner FlinkRunner --flink_master HOST:PORT`, `--runner SparkRunner`);
 without a runner the DirectRunner runs one process per core. A rerun into the same DIR with the same
-settings skips completed shards. Every usage error is caught before JAX or MaxText is imported:
-`lwm-make-qa: error: ...`, exit 2, nothing written; a generator that fails while running exits 1.
+settings skips completed shards. Every usage error is caught before JAX or MaxText is imported (but an
+unknown key of --generator-config or --set: that check needs MaxText's config types, so it runs just after
+the launcher has set the platform): `lwm-make-qa: error: ...`, exit 2, nothing written; a generator that
+fails while running exits 1.
 """
 
 from __future__ import annotations
@@ -31,12 +33,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from data_loaders import longqa
 from lwm_plugin import launch
+from lwm_plugin.beam_cli import beam_args
 from lwm_plugin.config.files import ConfigError, resolve_config_file
-from lwm_plugin.config.lwm_config import check_keys
 from lwm_plugin.longqa_gen.qa_endpoint import CompletionsClient
 from lwm_plugin.model_source import UsageError, locate_model
 
@@ -107,21 +108,9 @@ def _lengths(text: str) -> tuple[int, ...]:
   return lengths
 
 
-def _beam_args(extra: Sequence[str]) -> tuple[str, ...]:
-  """The arguments lwm-make-qa does not know, if each option among them is one of Beam's."""
-  if not extra:
-    return ()
-  known = PipelineOptions([]).get_all_options()
-  for arg in extra:
-    if arg.startswith("-"):
-      name = arg.lstrip("-").split("=", 1)[0].replace("-", "_")
-      if name not in known:
-        raise UsageError(f"unrecognized option {arg.split('=', 1)[0]} (neither lwm-make-qa's nor a Beam option)")
-  return tuple(extra)
-
-
 def build_request(args: argparse.Namespace, extra: Sequence[str]) -> MakeQARequest:
-  """Every check that needs no JAX or MaxText; raises UsageError (or ConfigError/ValueError)."""
+  """Every check that needs no JAX or MaxText; raises UsageError (or ConfigError/ValueError). The config's
+  keys are checked in `main`, after the launcher has set the platform (the check needs MaxText's types)."""
   if (args.endpoint is None) == (args.generator is None):
     raise UsageError("give the generator as --generator-config CFG.yml --generator CKPT, or as --endpoint URL")
   config_file = None
@@ -129,7 +118,6 @@ def build_request(args: argparse.Namespace, extra: Sequence[str]) -> MakeQAReque
     if args.generator_config is None:
       raise UsageError("--generator needs --generator-config (the generator model's config .yml)")
     config_file = resolve_config_file(args.generator_config)
-    check_keys(config_file, args.set)
     locate_model(args.generator)
   else:
     for option in ("generator_config", "set"):
@@ -156,7 +144,7 @@ def build_request(args: argparse.Namespace, extra: Sequence[str]) -> MakeQAReque
                                  top_p=args.top_p, model=args.endpoint_model, timeout_s=args.timeout)
   return MakeQARequest(args.books, args.output, _lengths(args.lengths), config_file, args.generator, tuple(args.set),
                        endpoint, args.tokenizer, template, args.chunk_tokens, args.retries, args.seed, args.batch_size,
-                       args.books_per_shard, args.max_new_tokens, args.temperature, args.top_p, _beam_args(extra))
+                       args.books_per_shard, args.max_new_tokens, args.temperature, args.top_p, beam_args(extra, PROG))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,11 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     request = build_request(args, extra)
     # No generator config (an endpoint): the host CPU. The Beam workers inherit JAX_PLATFORMS.
-    qa_run = launch.decode_apps(request.config_file, request.overrides).qa_run
+    apps = launch.decode_apps(request.config_file, request.overrides)
+    if request.config_file is not None:
+      apps.check_keys(request.config_file, request.overrides)
   except (ConfigError, ValueError) as e:  # UsageError is a ValueError
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
-  return qa_run.run(request, log=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
+  return apps.qa_run.run(request, log=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
 
 
 if __name__ == "__main__":

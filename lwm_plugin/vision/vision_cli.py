@@ -29,6 +29,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from lwm_plugin.beam_cli import beam_args as checked_beam_args
+from lwm_plugin.model_source import UsageError
+
 PROG = "lwm-vision"
 
 
@@ -38,10 +41,6 @@ class _Parser(argparse.ArgumentParser):
   def error(self, message: str):
     self.print_usage(sys.stderr)
     self.exit(2, f"{PROG}: error: {message}\n")
-
-
-class UsageError(ValueError):
-  """A command line that cannot run: reported as `lwm-vision: error: ...`, exit 2."""
 
 
 def _positive(kind: type):
@@ -126,9 +125,7 @@ def _check(args: argparse.Namespace, beam_args: list[str]) -> None:
       raise UsageError(f"--tokenizer {args.tokenizer!r}: no such file")
     if args.format != "arrayrecord" and (args.tokenizer or args.codebook_size != 8192):
       raise UsageError("--tokenizer and --codebook-size are for --format arrayrecord only")
-    stray = [a for a in beam_args if not a.startswith("--")]
-    if stray:
-      raise UsageError(f"unexpected arguments {stray} (Beam options start with --)")
+    checked_beam_args(beam_args, PROG)  # raises UsageError
   if args.command != "prepare" and beam_args:
     raise UsageError(f"unrecognized arguments: {' '.join(beam_args)}")
 
