@@ -48,14 +48,8 @@ from lwm_plugin.model_source import UsageError, locate_model
 PROG = "lwm-generate"
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message: str):
-    self.print_usage(sys.stderr)
-    self.exit(2, f"{PROG}: error: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-  p = _Parser(prog=PROG, description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+  p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter,
               epilog=__doc__.split("\n\n", 1)[1])
   p.add_argument("--config", required=True, help="model config (.yml), as for lwm-train")
   p.add_argument("--model", help="MaxText .../<step>/items directory or Hugging Face directory")

@@ -44,14 +44,8 @@ from lwm_plugin.model_source import UsageError, locate_model
 PROG = "lwm-make-qa"
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message: str):
-    self.print_usage(sys.stderr)
-    self.exit(2, f"{PROG}: error: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-  p = _Parser(prog=PROG, description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+  p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter,
               epilog=__doc__.split("\n\n", 1)[1], allow_abbrev=False)
   p.add_argument("--books", required=True, help="books JSONL: {\"text\": ..., \"id\": optional} per line")
   p.add_argument("--output", required=True, help="output directory (local or any Beam file system)")
