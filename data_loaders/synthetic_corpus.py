@@ -142,12 +142,17 @@ def retrieval_chat(rng: np.random.Generator, n_sentences: int, n_needles: int, n
 # ----------------------------------------------------------------------------------------------
 
 
-def colour_code(colour: int, texture: int, codebook_size: int) -> int:
-  """Code of a cell: each colour owns an equal band of the codebook, each texture a code in it."""
+def colour_band(codebook_size: int) -> int:
+  """Codes per colour: each colour owns an equal band of the codebook (background + one texture per shape)."""
   band = codebook_size // len(COLOURS)
   if band < len(SHAPES) + 1:
     raise ValueError(f"codebook_size={codebook_size} too small: need at least {len(COLOURS) * (len(SHAPES) + 1)}")
-  return colour * band + texture
+  return band
+
+
+def colour_code(colour: int, texture: int, codebook_size: int) -> int:
+  """Code of a cell: each colour owns an equal band of the codebook, each texture a code in it."""
+  return colour * colour_band(codebook_size) + texture
 
 
 def _shape_mask(shape: str) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data_loaders.synthetic_corpus import COLOURS, GRID, SHAPES, image_caption
+from data_loaders.synthetic_corpus import COLOURS, GRID, SHAPES, colour_band, image_caption
 
 # The caption template of `synthetic_corpus.image_caption`, parsed strictly (the truth of a scene).
 _CAPTION = re.compile(rf"a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) at the (top|bottom) (left|right) "
@@ -91,14 +91,6 @@ def parse_answer(text: str) -> Reading:
   return Reading(colour, shape, background)
 
 
-def _band(codebook_size: int) -> int:
-  band = codebook_size // len(COLOURS)
-  if band < len(SHAPES) + 1:
-    raise ValueError(f"codebook_size {codebook_size}: too small for {len(COLOURS)} colour bands of "
-                     f"{len(SHAPES) + 1} codes")
-  return band
-
-
 def _codes_grid(codes: Any, codebook_size: int) -> np.ndarray:
   grid = np.asarray(codes, np.int64).reshape(-1)
   if grid.shape != (GRID * GRID,):
@@ -111,7 +103,7 @@ def _codes_grid(codes: Any, codebook_size: int) -> np.ndarray:
 def read_grid(codes: Any, codebook_size: int) -> Reading:
   """The background (most common band), the shape's colour (most common other band; ties: the lower
   band) and its shape (most common texture code in that band; None if that code is no shape's) of a frame."""
-  band = _band(codebook_size)
+  band = colour_band(codebook_size)
   grid = _codes_grid(codes, codebook_size)
   colours, textures = grid // band, grid % band
   counts = np.bincount(colours.reshape(-1), minlength=len(COLOURS))
@@ -156,7 +148,7 @@ def _marks(cell: int) -> list[np.ndarray]:
 def grid_rgb(codes: Any, codebook_size: int, cell: int = 8) -> np.ndarray:
   """uint8 [16 cell, 16 cell, 3]: each code's band colour, its texture as a mark (black on light
   colours, white on dark ones) so a shape of the background's own colour still shows."""
-  band = _band(codebook_size)
+  band = colour_band(codebook_size)
   grid = _codes_grid(codes, codebook_size)
   marks = _marks(cell)
   image = np.zeros((GRID * cell, GRID * cell, 3), np.uint8)

@@ -46,7 +46,7 @@ from lwm_plugin import checkpoints, integration
 from lwm_plugin.config.files import peek
 from lwm_plugin.config.settings import LWMSettings, model_vocab
 from lwm_plugin.generation import loop
-from lwm_plugin.generation.engine import cache_split
+from lwm_plugin.generation.engine import answer_text, cache_split
 from lwm_plugin.integration import inference
 from lwm_plugin.model_source import UsageError, locate_model
 
@@ -114,7 +114,7 @@ def evaluate_vision(config_file: str, model: str, overrides: Sequence[str], *, p
     answers = loop.generate_text(decoder, [understanding_ids(vocab, s.codes, layout) for s in scenes],
                                  max_new_tokens=ANSWER_TOKENS, stop_ids=(vocab.eos_id,),
                                  allowed_V=vp.text_mask(vocab, decoder.vocab_size))
-    texts = [vocab.decode_text([int(t) for t in a.new_ids if t != vocab.eos_id]) for a in answers]
+    texts = [answer_text(vocab, a, (vocab.eos_id,)) for a in answers]
     log(f"vision: {prompts} images described in {answers[0].prefill_s + max(a.decode_s for a in answers):.0f} s")
     drawn = loop.generate_vision(decoder, [vp.generation_prompt_ids(vocab, s.caption, "image", raw=layout == "raw")
                                            for s in scenes], vp.unconditional_ids(vocab),
