@@ -5,7 +5,10 @@ coloured shapes on a 16 x 16 code grid. Everything is a pure function of a seed,
 the tests see the same data on every machine.
 
 * Text documents: filler sentences with planted facts in the paper's needle format,
-  "The special magic {city} number is: {7 digits}." (LWM `eval_needle.py`).
+  "The special magic {city} number is: {7 digits}." (LWM `eval_needle.py`), or its word form
+  "The special magic {city} word is: {word}." (`needle_value="word"`, the demo's: one tokenizer
+  piece per value), each recalled at the end; short documents and copy drills (a run of random
+  words repeated) for the first stage of the tiny chain.
 * Retrieval chats: a document with needles plus a question in the chat template
   (`data_loaders.chat_template`), the answer being the number(s): the long-context QA of the chat
   stages, single-needle and multi-needle (N facts in the context, R asked; paper Table 3).
@@ -57,25 +60,45 @@ GRID = 16  # 16 x 16 codes per frame, as LWM's VQGAN
 SHAPE_SIZE = 6
 
 
-def needle_sentence(city: str, number: str) -> str:
-  """The paper's needle (LWM `eval_needle.py`)."""
-  return f"The special magic {city} number is: {number}."
+NEEDLE_VALUES = ("number", "word")
+# The values of "word" needles: common words the filler, captions and cities never use, so that each is
+# one piece of the tiny tokenizer and appears only where it is planted (the number needle's 7 digits
+# are 7 pieces, each of which must be found again; a word needle's value is one retrieval).
+VALUE_WORDS = (
+    "apple", "banana", "cherry", "lemon", "mango", "melon", "olive", "peach", "pear", "plum", "grape", "lime",
+    "almond", "ginger", "pepper", "garlic", "tiger", "zebra", "otter", "falcon", "eagle", "horse", "camel", "whale",
+    "shark", "panda", "koala", "raven", "heron", "moose", "bison", "llama", "amber", "coral", "pearl", "ruby",
+    "tulip", "silver", "copper", "iron", "cobalt", "marble", "granite", "quartz", "onyx", "topaz", "violin", "guitar",
+    "piano", "flute", "drum", "harp", "trumpet", "cello", "rocket", "anchor", "candle", "compass", "ladder",
+    "mirror", "pillow", "saddle", "kettle", "hammer",
+)
 
 
-def needle_question(cities: Sequence[str]) -> str:
-  """LWM's single-needle question, or its multi-needle form for several cities."""
+def _check_kind(kind: str) -> str:
+  if kind not in NEEDLE_VALUES:
+    raise ValueError(f"needle value {kind!r}: expected one of {', '.join(NEEDLE_VALUES)}")
+  return kind
+
+
+def needle_sentence(city: str, value: str, kind: str = "number") -> str:
+  """The paper's needle (LWM `eval_needle.py`), or its word form: "The special magic {city} word is: {word}."."""
+  return f"The special magic {city} {_check_kind(kind)} is: {value}."
+
+
+def needle_question(cities: Sequence[str], kind: str = "number") -> str:
+  """LWM's single-needle question, or its multi-needle form for several cities (word needles: "word")."""
   if len(cities) == 1:
-    return f"What is the special magic {cities[0]} number?"
+    return f"What is the special magic {cities[0]} {_check_kind(kind)}?"
   names = ", ".join(cities[:-1]) + f", and {cities[-1]}" if len(cities) > 2 else " and ".join(cities)
-  return f"What are the special magic numbers for {names}?"
+  return f"What are the special magic {_check_kind(kind)}s for {names}?"
 
 
 def needle_answer(needles: Sequence["Needle"]) -> str:
   """The answer to a retrieval question: the asked needle sentences, repeated from the context.
 
-  Answering with the whole sentence (rather than the bare number) makes retrieval a copy of the
-  context after the matching "{city} number is:", which even a tiny model learns quickly; LWM's
-  scoring (the number appears in the answer) accepts both forms.
+  Answering with the whole sentence (rather than the bare value) makes retrieval a copy of the
+  context after the matching "{city} number is:"; LWM's scoring (the number appears in the answer)
+  accepts both forms.
   """
   return " ".join(n.sentence for n in needles)
 
@@ -90,20 +113,25 @@ def filler_sentences(rng: np.random.Generator, n: int) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class Needle:
   city: str
-  number: str
+  value: str    # a 7-digit number (kind "number", the paper's) or one of VALUE_WORDS (kind "word")
   depth: float  # fraction of the document before the needle, 0..1
+  kind: str = "number"
 
   @property
   def sentence(self) -> str:
-    return needle_sentence(self.city, self.number)
+    return needle_sentence(self.city, self.value, self.kind)
 
 
-def random_needles(rng: np.random.Generator, count: int, depths: Sequence[float] | None = None) -> list[Needle]:
-  """`count` needles with distinct cities and 7-digit numbers, at random (or given) depths."""
+def random_needles(rng: np.random.Generator, count: int, depths: Sequence[float] | None = None,
+                   kind: str = "number") -> list[Needle]:
+  """`count` needles with distinct cities and values (7-digit numbers or words), at random (or given) depths."""
   cities = rng.choice(len(CITIES), size=count, replace=False)
-  numbers = rng.integers(1_000_000, 10_000_000, size=count)
+  if _check_kind(kind) == "number":
+    values = [str(n) for n in rng.integers(1_000_000, 10_000_000, size=count)]
+  else:
+    values = [VALUE_WORDS[i] for i in rng.integers(len(VALUE_WORDS), size=count)]
   depths = rng.uniform(0.0, 1.0, size=count) if depths is None else depths
-  return [Needle(CITIES[c], str(n), float(d)) for c, n, d in zip(cities, numbers, depths)]
+  return [Needle(CITIES[c], v, float(d), kind) for c, v, d in zip(cities, values, depths)]
 
 
 def plant(sentences: Sequence[str], needles: Iterable[Needle]) -> str:
@@ -114,27 +142,68 @@ def plant(sentences: Sequence[str], needles: Iterable[Needle]) -> str:
   return " ".join(out)
 
 
-def text_document(rng: np.random.Generator, n_sentences: int, n_needles: int) -> dict[str, Any]:
+def text_document(rng: np.random.Generator, n_sentences: int, n_needles: int, kind: str = "number",
+                  qa_recalls: bool = False) -> dict[str, Any]:
   """A plain text document (loss on every token) with planted needles, each recalled near the end.
 
   The recall repeats the fact after more filler, so plain language-model training on these
   documents already rewards copying a fact from far back in the context (an induction task),
-  the skill retrieval needs.
+  the skill retrieval needs. With `qa_recalls` the needles sit anywhere in the document, each recall
+  is the retrieval chat's question and answer as plain text ("What is the special magic Oslo word?
+  The special magic Oslo word is: otter."), the form the chat stage and the needle evaluation ask
+  in, and the loss is on the recalls only (`"[text],recall"`): the filler is context, as a chat's
+  document is, and the gradient goes to retrieval rather than to the filler's grammar.
   """
-  needles = random_needles(rng, n_needles, depths=rng.uniform(0.0, 0.5, size=n_needles))
+  if qa_recalls:
+    needles = random_needles(rng, n_needles, kind=kind)
+    recalls = [f"{needle_question([needles[i].city], kind)} {needles[i].sentence}" for i in rng.permutation(n_needles)]
+    return {"fields": "[text],recall", "text": plant(filler_sentences(rng, n_sentences), needles),
+            "recall": " ".join(recalls)}
+  needles = random_needles(rng, n_needles, depths=rng.uniform(0.0, 0.5, size=n_needles), kind=kind)
   recalls = [f"Recall: {needles[i].sentence}" for i in rng.permutation(n_needles)]
   body = plant(filler_sentences(rng, n_sentences), needles)
   return {"fields": "text", "text": " ".join([body, *filler_sentences(rng, 2), *recalls])}
 
 
-def retrieval_chat(rng: np.random.Generator, n_sentences: int, n_needles: int, n_asked: int) -> dict[str, Any]:
-  """A chat example: a document with `n_needles` facts, a question about `n_asked` of them, the answer."""
-  needles = random_needles(rng, n_needles)
-  asked = [needles[i] for i in sorted(rng.choice(n_needles, size=n_asked, replace=False))]
+def retrieval_chat(rng: np.random.Generator, n_sentences: int, n_needles: int, n_asked: int, kind: str = "number",
+                   follow_ups: bool = False) -> dict[str, Any]:
+  """A chat example: a document with `n_needles` facts, a question about `n_asked` of them, the answer.
+
+  With `follow_ups`, every needle not asked first is then asked in a turn of its own (loss on each
+  answer), so one document teaches as many retrievals as it has needles.
+  """
+  needles = random_needles(rng, n_needles, kind=kind)
+  order = rng.permutation(n_needles)
+  asked = [needles[i] for i in sorted(order[:n_asked])]
   document = plant(filler_sentences(rng, n_sentences), needles)
-  question = needle_question([n.city for n in asked])
-  return {"messages": [{"role": "user", "content": f"{document} {question}"},
-                       {"role": "assistant", "content": needle_answer(asked)}]}
+  question = needle_question([n.city for n in asked], kind)
+  messages = [{"role": "user", "content": f"{document} {question}"},
+              {"role": "assistant", "content": needle_answer(asked)}]
+  for i in order[n_asked:] if follow_ups else ():
+    messages += [{"role": "user", "content": needle_question([needles[i].city], kind)},
+                 {"role": "assistant", "content": needles[i].sentence}]
+  return {"messages": messages}
+
+
+def drill_words() -> tuple[str, ...]:
+  """The words of the copy drills: every word the corpus's text uses (filler, cities, needle values, captions)."""
+  parts = (_SUBJECTS, _VERBS, _OBJECTS, _ENDINGS, COLOURS, SHAPES, tuple(_PLACES), tuple(_MOVES))
+  words = {w for part in parts for phrase in part for w in phrase.split()}
+  return tuple(sorted(words | set(CITIES) | set(VALUE_WORDS)))
+
+
+def copy_drill(rng: np.random.Generator, words: int, repeats: int) -> dict[str, Any]:
+  """A copy drill: a run of `words` distinct random words, repeated `repeats` times (plain text, loss
+  on every token).
+
+  Everything after the first run is predictable only by copying from `words` tokens back (each
+  drill word is one piece of the tiny tokenizer). Measured with a transformers reference of the tiny
+  model (BENCHMARKS.md, issue 17): runs of a fixed length are learned within about 150 steps and,
+  mixed half and half with short needle documents, bring single-needle retrieval from 0.33 to 0.98
+  in 1,200 steps; runs of varying length (8 to 40 words) are not learned at all in 400 steps.
+  """
+  run = " ".join(rng.choice(drill_words(), size=words, replace=False))
+  return {"fields": "text", "text": " ".join([run] * repeats)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,7 +304,15 @@ class CorpusSpec:
   text_documents: int = 200
   document_sentences: tuple[int, int] = (20, 200)
   log_uniform_lengths: bool = False  # document lengths log-uniform in the range (as many short as long)
+  short_documents: int = 0           # documents of `short_sentences`, written to text_short.jsonl
+  short_sentences: tuple[int, int] = (2, 20)
   needles_per_document: int = 2
+  sentences_per_needle: int = 0      # > 0: one needle per this many sentences (at least 1) instead
+  needle_value: str = "number"       # "number" (the paper's 7 digits) or "word" (VALUE_WORDS)
+  qa_recalls: bool = False           # text recalls as question + answer; chats ask every needle (follow-ups)
+  copy_drills: int = 0               # induction drills (`copy_drill`), written to copy_drill.jsonl
+  drill_words: int = 32               # words per run of a copy drill
+  drill_repeats: int = 8               # runs per drill
   retrieval_chats: int = 400
   chat_needles: tuple[int, ...] = (1, 2, 4)  # N facts per context; R asked is 1 or 2 (at most N)
   images: int = 400
@@ -243,9 +320,13 @@ class CorpusSpec:
   video_frames: int = 4
   codebook_size: int = 8192
 
+  def __post_init__(self):
+    _check_kind(self.needle_value)
+
 
 def generate_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec()) -> dict[str, Path]:
-  """Writes `text.jsonl`, `retrieval_chat.jsonl`, `image.jsonl`, `video.jsonl` under `out_dir`.
+  """Writes `text.jsonl`, `retrieval_chat.jsonl`, `image.jsonl`, `video.jsonl` (and `text_short.jsonl`,
+  `copy_drill.jsonl` when `spec.short_documents`, `spec.copy_drills`) under `out_dir`.
 
   Each file has its own random stream (seeded from `spec.seed` and the file's name), so changing
   one count does not change the other files.
@@ -262,16 +343,35 @@ def generate_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec())
       return int(np.exp(r.uniform(np.log(lo), np.log(hi + 1))))
     return int(r.integers(lo, hi + 1))
 
+  def needles(n_sentences: int) -> int:
+    if spec.sentences_per_needle > 0:
+      return max(1, min(len(CITIES), n_sentences // spec.sentences_per_needle))
+    return spec.needles_per_document
+
   r = rng_for("text")
-  text = [text_document(r, length(r), spec.needles_per_document) for _ in range(spec.text_documents)]
+  text = []
+  for _ in range(spec.text_documents):
+    n_sentences = length(r)
+    text.append(text_document(r, n_sentences, needles(n_sentences), spec.needle_value, spec.qa_recalls))
+  r = rng_for("text_short")
+  short = []
+  for _ in range(spec.short_documents):
+    n_sentences = int(r.integers(spec.short_sentences[0], spec.short_sentences[1] + 1))
+    short.append(text_document(r, n_sentences, needles(n_sentences), spec.needle_value, spec.qa_recalls))
   r = rng_for("retrieval_chat")
   chats = []
   for _ in range(spec.retrieval_chats):
     n = int(r.choice(spec.chat_needles))
-    chats.append(retrieval_chat(r, length(r), n, int(r.integers(1, min(n, 2) + 1))))
+    chats.append(retrieval_chat(r, length(r), n, int(r.integers(1, min(n, 2) + 1)), spec.needle_value,
+                                spec.qa_recalls))
   r = rng_for("image")
   images = [image_caption(r, spec.codebook_size) for _ in range(spec.images)]
   r = rng_for("video")
   videos = [video_caption(r, spec.video_frames, spec.codebook_size) for _ in range(spec.videos)]
-  return {name: write_jsonl(out / f"{name}.jsonl", lines)
-          for name, lines in (("text", text), ("retrieval_chat", chats), ("image", images), ("video", videos))}
+  files = [("text", text), ("retrieval_chat", chats), ("image", images), ("video", videos)]
+  if spec.short_documents:
+    files.append(("text_short", short))
+  if spec.copy_drills:
+    r = rng_for("copy_drill")
+    files.append(("copy_drill", [copy_drill(r, spec.drill_words, spec.drill_repeats) for _ in range(spec.copy_drills)]))
+  return {name: write_jsonl(out / f"{name}.jsonl", lines) for name, lines in files}

@@ -26,14 +26,17 @@ from data_loaders.vocab import MultimodalVocab, train_sentencepiece
 
 TEXT_VOCAB = 1024
 CODEBOOK = 64
-SPEC = CorpusSpec(seed=0, text_documents=60, document_sentences=(3, 40), retrieval_chats=60, images=120, videos=40,
-                  video_frames=4, codebook_size=CODEBOOK)
-# The full demo's corpus (`make demo`): the same generator with enough documents and chats that the
-# needles' numbers cannot be memorised in the demo's training budget (about 2M tokens), only copied
-# from the context; lengths log-uniform from a few sentences to about 3.5K tokens, so that every
-# stage of the chain (1K, 2K, 4K) has documents of its length.
-DEMO_SPEC = dataclasses.replace(SPEC, text_documents=4000, document_sentences=(3, 330), log_uniform_lengths=True,
-                                needles_per_document=3, retrieval_chats=4000, images=400, videos=100)
+SPEC = CorpusSpec(seed=0, text_documents=60, document_sentences=(3, 40), short_documents=40, copy_drills=40,
+                  retrieval_chats=60, images=120, videos=40, video_frames=4, codebook_size=CODEBOOK)
+# The full demo's corpus (`make demo`): word needles (one tokenizer piece per value, see
+# synthetic_corpus.VALUE_WORDS), dense facts (one per 4 sentences) recalled as question + answer,
+# chats that ask every fact, short documents and copy drills for the first stage (a tiny model forms
+# induction heads from drills within a few hundred steps, then retrieval from the short documents;
+# BENCHMARKS.md, issue 17), and long documents (log-uniform to about 3.5K tokens) for 2K and 4K.
+DEMO_SPEC = dataclasses.replace(SPEC, text_documents=3000, document_sentences=(3, 330), log_uniform_lengths=True,
+                                short_documents=12000, short_sentences=(2, 20), sentences_per_needle=4,
+                                needle_value="word", qa_recalls=True, copy_drills=12000, retrieval_chats=3000,
+                                chat_needles=(1, 2, 4, 8), images=400, videos=100)
 TOKENIZER_LINES_PER_FILE = 400  # the corpus's words are few: a sample of each file trains the tokenizer
 
 

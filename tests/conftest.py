@@ -70,5 +70,6 @@ def corpus_vocab():
 
   lines = sc.filler_sentences(np.random.default_rng(0), 300) + [sc.needle_sentence(c, "1234567") for c in sc.CITIES]
   lines += [sc.needle_question([c]) for c in sc.CITIES]
+  lines += [sc.needle_sentence(c, w, "word") for c, w in zip(sc.CITIES * 2, sc.VALUE_WORDS)]
   lines += ["a red circle at the top left on a blue background", "You are a helpful assistant. USER: ASSISTANT:"]
   return MultimodalVocab.from_model_proto(train_sentencepiece(lines, vocab_size=400), codebook_size=64)

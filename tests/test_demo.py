@@ -78,7 +78,7 @@ def _check_summary(summary, plan, out):
   assert set(summary["needle"]) == {"single", f"multi N={plan.grid.multi[0]} R={plan.grid.multi[1]}"}
   for task in summary["needle"].values():
     assert task["context_lengths"] == list(plan.grid.context_lengths) and task["depths"] == list(plan.grid.depths)
-    for field in ("accuracy", "city_named", "digits_right"):
+    for field in ("accuracy", "city_named", "chars_right"):
       grid = task[field]
       assert len(grid) == len(plan.grid.depths) and all(len(row) == len(plan.grid.context_lengths) for row in grid)
       assert all(0.0 <= x <= 1.0 for row in grid for x in row)
@@ -193,8 +193,8 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   trials = [needle.Trial(n, d, 0, ["Oslo"], ["1234567"], np.zeros(3, np.int32))
             for n in (500, 1000) for d in (0.0, 1.0)]
   for t, answer in zip(trials, ["Oslo 1234567", "Oslo 1234000", "Rome 7654321", "x"]):
-    t.response, t.score = answer, needle.score_answer(answer, t.numbers)
-    t.city_named, t.digits_right = needle.partial_credit(answer, t.cities, t.numbers)
+    t.response, t.score = answer, needle.score_answer(answer, t.values)
+    t.city_named, t.chars_right = needle.partial_credit(answer, t.cities, t.values)
   results = needle.write_results(tmp_path / "needle_single.json", needle.NeedleTask(), trials)
   result = types.SimpleNamespace(task="single", results=results, heatmap=tmp_path / "needle_single.png", mean=0.25)
 
@@ -210,7 +210,7 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   assert "| 0% | 1.00 | 0.00 |" in text and "| 100% | 0.00 | 0.00 |" in text
   # per context length: accuracy (1 + 0) / 2 -> 0; cities (1 + 1) / 2 -> (0 + 0) / 2; digits (1 + 4/7) / 2 -> 0.
   assert "accuracy 0.50 → 0.00" in text and "names the asked city 1.00 → 0.00" in text
-  assert "gets 0.79 → 0.07 of the number's digits right" in text
+  assert "gets 0.79 → 0.07 of the number's digits (chance 0.10) right" in text
   assert "No needle was retrieved" not in text
   assert "| 5.000 / — |" in text  # text stages show no vision loss
   nothing = render(types.SimpleNamespace(**{**vars(result), "mean": 0.0}))
@@ -233,5 +233,5 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   assert doc["phases_s"] == {**{f"train {s.name}": 30.0 for s in plan.stages}, "data": 1.0}
   assert [s["losses"] for s in doc["stages"]] == [[6.0, 5.0]] * len(plan.stages)
   assert doc["needle"]["single"]["accuracy"] == [[1.0, 0.0], [0.0, 0.0]]  # depth 0 / 100% x lengths 500 / 1000
-  assert np.allclose(doc["needle"]["single"]["digits_right"], [[1.0, 1 / 7], [4 / 7, 0.0]])
+  assert np.allclose(doc["needle"]["single"]["chars_right"], [[1.0, 1 / 7], [4 / 7, 0.0]])
   assert doc["vision"] == {"prompts": 4}

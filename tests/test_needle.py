@@ -24,11 +24,11 @@ def test_prompts_fit_and_carry_the_needles_at_their_depth(corpus_vocab, task):
     assert text.startswith("You are a helpful assistant. USER:") and text.endswith("ASSISTANT:")
     haystack = text.split("USER:")[1]
     body = haystack[:haystack.index(" What ")]  # the document before the question
-    first = body.index(sc.needle_sentence(trial.cities[0], trial.numbers[0]))
+    first = body.index(sc.needle_sentence(trial.cities[0], trial.values[0]))
     assert abs(first / len(body) - depth) < 0.2, (depth, first / len(body))
-    for city, number in zip(trial.cities, trial.numbers):
+    for city, number in zip(trial.cities, trial.values):
       assert sc.needle_sentence(city, number) in haystack
-    assert len(trial.numbers) == task.n_asked
+    assert len(trial.values) == task.n_asked
   with pytest.raises(ValueError, match="too short"):
     needle.build_trial(corpus_vocab, task, 20, 0.5, np.random.default_rng(0), 0)
 
@@ -42,7 +42,7 @@ def test_grid_is_deterministic_and_results_are_written(corpus_vocab, tmp_path):
 
   def fake_model(prompts, max_new_tokens):  # right in the short context only
     assert max_new_tokens == needle.answer_budget(task)
-    return [by_prompt[id(p)].numbers[0] if by_prompt[id(p)].context_length == 256 else "no idea" for p in prompts]
+    return [by_prompt[id(p)].values[0] if by_prompt[id(p)].context_length == 256 else "no idea" for p in prompts]
 
   needle.run_grid(grid, fake_model, task)
   lengths, depths, table = needle.accuracy_table(grid)
@@ -51,7 +51,7 @@ def test_grid_is_deterministic_and_results_are_written(corpus_vocab, tmp_path):
   doc = json.loads(needle.write_results(tmp_path / "r.json", task, grid).read_text())
   assert doc["mean_accuracy"] == 0.5 and len(doc["trials"]) == 8
   for trial, written in zip(grid, doc["trials"]):  # every prompt is in the file, as text the model read
-    assert written["prompt"].endswith("number? ASSISTANT:") and trial.numbers[0] in written["prompt"]
+    assert written["prompt"].endswith("number? ASSISTANT:") and trial.values[0] in written["prompt"]
     assert corpus_vocab.encode_text(written["prompt"]) == [int(t) for t in trial.tokens[1:]]
   png = needle.plot_heatmap(tmp_path / "h.png", grid, "test").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -97,7 +97,7 @@ def test_haystack_file_prompts(fmt, corpus_vocab, tmp_path):
     assert trial.context_length - 20 <= len(trial.tokens) <= trial.context_length
     assert trial.tokens[0] == corpus_vocab.bos_id
     prompt = corpus_vocab.decode_text(trial.tokens[1:])
-    city, number = trial.cities[0], trial.numbers[0]
+    city, number = trial.cities[0], trial.values[0]
     if fmt == "lwm":
       question = f"What is the special magic {city} number?"
       assert prompt.startswith("You are a helpful assistant. USER: ")
@@ -146,3 +146,20 @@ def test_bad_haystack_files(content, message, corpus_vocab, tmp_path):
   bad.write_text('{"text": "a"}\n{"txt": "b"}\n')
   with pytest.raises(ValueError, match=rf'--haystack {bad}:2: expected an object with a string "text"'):
     needle.read_haystack(bad, corpus_vocab)
+
+
+def test_word_needles_are_asked_and_scored_as_whole_words(corpus_vocab):
+  task = needle.NeedleTask(2, 1, value="word")
+  trial = needle.build_trial(corpus_vocab, task, 512, 0.5, np.random.default_rng(5), 0)
+  text = corpus_vocab.decode_text(trial.tokens[1:])
+  word = trial.values[0]
+  assert word in sc.VALUE_WORDS and f"The special magic {trial.cities[0]} word is: {word}." in text
+  assert text.endswith(f"What is the special magic {trial.cities[0]} word? ASSISTANT:")
+  # A word counts only whole: "pear" is not in "pearl"; letters by position against the best word.
+  assert needle.score_answer("The special magic Oslo word is: pear.", ["pear"]) == 1.0
+  assert needle.score_answer("The special magic Oslo word is: pearl.", ["pear"]) == 0.0
+  assert needle.partial_credit("The special magic Oslo word is: peak.", ["Oslo"], ["pear"]) == (1.0, 0.75)
+  with pytest.raises(ValueError, match="needle value 'digits'"):
+    needle.NeedleTask(1, 1, value="digits")
+  with pytest.raises(ValueError, match="lwm prompt format"):
+    needle.build_grid(corpus_vocab, task, [512], [0.5], 1, 0, prompt_format="lwm")

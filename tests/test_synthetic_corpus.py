@@ -76,3 +76,52 @@ def test_document_lengths_follow_the_spec(tmp_path, log_uniform):
   assert lengths.min() >= 3 and lengths.max() <= 300
   short = np.mean(lengths < 30)  # log-uniform: ln(10)/ln(100) = half the documents; uniform: 9%
   assert short == pytest.approx(0.5 if log_uniform else 0.09, abs=0.08)
+
+
+def test_word_needles_and_their_questions():
+  assert sc.needle_sentence("Paris", "otter", "word") == "The special magic Paris word is: otter."
+  assert sc.needle_question(["Paris", "Rome"], "word") == "What are the special magic words for Paris and Rome?"
+  needles = sc.random_needles(np.random.default_rng(0), 5, kind="word")
+  assert all(n.value in sc.VALUE_WORDS and n.sentence.endswith(f"word is: {n.value}.") for n in needles)
+  assert len({n.city for n in needles}) == 5
+  # Value words are nowhere else in the corpus's text, so a value in an answer can only come from its needle.
+  filler = " ".join(sc.filler_sentences(np.random.default_rng(0), 500)).lower().replace(".", "").split()
+  assert not set(sc.VALUE_WORDS) & (set(filler) | {c.lower() for c in sc.CITIES} | set(sc.COLOURS) | set(sc.SHAPES))
+  with pytest.raises(ValueError, match="needle value 'digit'"):
+    sc.CorpusSpec(needle_value="digit")
+
+
+def test_qa_recall_documents_put_the_loss_on_the_recalls():
+  line = sc.text_document(np.random.default_rng(2), 12, 3, "word", qa_recalls=True)
+  assert line["fields"] == "[text],recall"
+  asked = line["recall"].split("? ")
+  assert len(asked) == 4  # three question/answer pairs
+  for sentence in line["recall"].split("? ")[1:]:  # each answer is the needle sentence of the document
+    assert sentence.split(". ")[0].rstrip(".") + "." in line["text"]
+
+
+def test_copy_drills_repeat_one_run_of_distinct_words():
+  line = sc.copy_drill(np.random.default_rng(4), 32, 8)
+  words = line["text"].split(" ")
+  assert len(words) == 32 * 8 and len(set(words[:32])) == 32 and set(words) <= set(sc.drill_words())
+  assert all(words[i] == words[i % 32] for i in range(len(words)))
+
+
+def test_short_documents_and_drills_get_files_of_their_own(tmp_path, corpus_vocab):
+  spec = sc.CorpusSpec(seed=3, text_documents=2, short_documents=5, short_sentences=(2, 4), copy_drills=3,
+                       sentences_per_needle=2, needle_value="word", qa_recalls=True, retrieval_chats=2,
+                       images=0, videos=0, codebook_size=64)
+  files = sc.generate_corpus(tmp_path, spec)
+  assert {"text_short", "copy_drill"} <= set(files)
+  short = [json.loads(x) for x in files["text_short"].read_text().splitlines()]
+  assert len(short) == 5 and all(1 <= x["recall"].count("?") <= 2 for x in short)
+  for name in ("text_short", "copy_drill", "retrieval_chat"):
+    examples = list(LWMJsonlReader(files[name], corpus_vocab, options=FormatOptions()))
+    assert len(examples) == len(files[name].read_text().splitlines())
+  example = next(iter(LWMJsonlReader(files["text_short"], corpus_vocab)))[0]
+  recall_ids = corpus_vocab.encode_text(short[0]["recall"])
+  assert example["loss_mask"].sum() == len(recall_ids) + 1  # loss on the recalls and the closing EOS only
+  assert example["tokens"][-1] == corpus_vocab.eos_id
+  chat = json.loads(files["retrieval_chat"].read_text().splitlines()[0])["messages"]
+  needles = chat[0]["content"].count("The special magic")
+  assert len(chat) == 2 * needles  # follow-ups ask every needle of the document once

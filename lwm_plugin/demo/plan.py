@@ -72,21 +72,21 @@ FULL = Plan(
     mode="full",
     corpus=tiny_data.DEMO_SPEC,
     stages=(
-        Stage("tiny_text_1k.yml", 240),
-        Stage("tiny_text_2k.yml", 80, init="tiny-text-1k"),
-        Stage("tiny_text_4k.yml", 50, init="tiny-text-2k"),
-        Stage("tiny_text_chat_4k.yml", 80, init="tiny-text-4k"),
+        Stage("tiny_text_1k.yml", 1100),
+        Stage("tiny_text_2k.yml", 150, init="tiny-text-1k"),
+        Stage("tiny_text_4k.yml", 60, init="tiny-text-2k"),
+        Stage("tiny_text_chat_4k.yml", 250, init="tiny-text-4k"),
         Stage("tiny_vision_1k.yml", 40, init="tiny-text-4k", extend_vocab=True),
         Stage("tiny_vision_2k.yml", 20, init="tiny-vision-1k"),
         Stage("tiny_vision_chat_4k.yml", 20, init="tiny-vision-2k"),
     ),
     needle_model="tiny-text-chat-4k",
-    grid=NeedleGrid(context_lengths=(1000, 2000, 4000), depths=(0.0, 0.25, 0.5, 0.75, 1.0), rounds=1, multi=(4, 1)),
+    grid=NeedleGrid(context_lengths=(1000, 2000, 4000), depths=(0.0, 0.25, 0.5, 0.75, 1.0), rounds=3, multi=(4, 1)),
 )
 
 FAST = Plan(
     mode="fast",
-    corpus=tiny_data.SPEC,
+    corpus=dataclasses.replace(tiny_data.SPEC, needle_value="word", qa_recalls=True),
     stages=(
         Stage("tiny_text_1k.yml", 6),
         Stage("tiny_text_2k.yml", 3, init="tiny-text-1k"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from data_loaders.atomic_file import atomic_path
+from data_loaders.synthetic_corpus import VALUE_WORDS
 from lwm_plugin.demo.plan import Plan
 from lwm_plugin.demo.progress import clock
 
@@ -57,6 +58,19 @@ def _stage_table(summary: Summary) -> list[str]:
   return lines
 
 
+_VALUE_PARTS = {"number": "number's digits (chance 0.10)", "word": "word's letters"}
+_NEEDLE_SENTENCES = {"number": "The special magic {city} number is: {7 digits}.",
+                     "word": "The special magic {city} word is: {word}."}
+_NEEDLE_FORMS = {
+    "number": "Needles are the paper's: \"The special magic {city} number is: {7 digits}.\"",
+    "word": ("Needles are the paper's with a word for the number: \"The special magic {city} word is: {word}.\", "
+             f"the word one of {len(VALUE_WORDS)} (chance {1 / len(VALUE_WORDS):.3f}), each a single piece of the tiny "
+             "tokenizer. The paper's 7-digit number is seven digit pieces, each of which must be copied from among "
+             "the other needles' digits; the tiny model does not learn that in the demo's budget (BENCHMARKS.md, "
+             "issue 17). `lwm-eval needle --needle-value number` runs the paper's form."),
+}
+
+
 def _needle_section(result: Any, root: Path) -> list[str]:
   doc = json.loads(Path(result.results).read_text())
   lengths, depths, table = doc["context_lengths"], doc["depths"], doc["accuracy"]
@@ -73,12 +87,12 @@ def _needle_section(result: Any, root: Path) -> list[str]:
   lines += ["| **mean** | " + " | ".join(f"**{x:.2f}**" for x in per_length(table)) + " |", "",
             f"Trend over context length ({' → '.join(f'{n:,}' for n in lengths)} tokens): accuracy {trend(table)}; "
             f"below that all-or-nothing score, the answer names the asked city {trend(doc['city_named'])} and gets "
-            f"{trend(doc['digits_right'])} of the number's digits right (by position; chance 0.10). "
+            f"{trend(doc['chars_right'])} of the {_VALUE_PARTS[doc['task']['value']]} right (by position). "
             f"Heatmap: [{_rel(result.heatmap, root)}]({_rel(result.heatmap, root)}); every prompt, answer and "
             f"score: `{_rel(result.results, root)}`.", ""]
   for t in doc["trials"][:2]:  # two answers as examples
     lines.append(f"- {t['prompt_tokens']:,}-token prompt, depth {100 * t['depth']:.0f}%, asked "
-                 f"{', '.join(t['cities'])} ({', '.join(t['numbers'])}): answer `{t['response'].strip()[:120]}`")
+                 f"{', '.join(t['cities'])} ({', '.join(t['values'])}): answer `{t['response'].strip()[:120]}`")
   return lines + [""]
 
 
@@ -108,6 +122,7 @@ def _vision_section(vision: Any, model: str, root: Path) -> list[str]:
 
 def render(summary: Summary, root: Path) -> str:
   plan, stamp = summary.plan, datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+  value = plan.corpus.needle_value
   tokens = sum(r.stage.steps * r.tokens_per_step for r in summary.stages)
   lines = [f"# LWM tiny demo: report ({plan.mode} mode)", "",
            f"{stamp}; {summary.machine}; {summary.devices} fake CPU devices, ring attention over the context axis "
@@ -127,14 +142,14 @@ def render(summary: Summary, root: Path) -> str:
            "## Needle-in-a-haystack retrieval", "",
            f"Model: {plan.needle_model}, evaluated on its Hugging Face export (imported back; prompts prefilled by "
            f"ring attention over {summary.devices} devices, answers decoded greedily over the text ids). A trial "
-           "scores the fraction of the asked 7-digit numbers that appear in the answer (LWM's scoring). "
-           "Haystacks, needles and numbers are drawn from a seed stream the training corpus never used.", ""]
+           f"scores the fraction of the asked values that appear in the answer (LWM's scoring). {_NEEDLE_FORMS[value]} "
+           "Haystacks, needles and values are drawn from a seed stream the training corpus never used.", ""]
   if all(r.mean == 0.0 for r in summary.needles):
     lines += [f"**No needle was retrieved.** The tiny model ({summary.needle_model_size}) learns the answer's "
-              "form — the sentence \"The special magic {city} number is: {7 digits}.\" — but in this run's "
+              f"form — the sentence \"{_NEEDLE_SENTENCES[value]}\" — but in this run's "
               "training budget "
               f"({tokens:,} tokens) it did not learn to copy the asked fact from the context; the diagnostics below "
-              "(city named, digits right against chance 0.10) show how far it is. The same configs and commands "
+              "(city named, characters of the value right) show how far it is. The same configs and commands "
               "run the paper's 7B stages (`docs/stages.md`).", ""]
   for result in summary.needles:
     lines += _needle_section(result, root)
@@ -150,7 +165,7 @@ def summary_json(summary: Summary, root: Path) -> dict[str, Any]:
   for result in summary.needles:
     doc = json.loads(Path(result.results).read_text())
     needles[result.task] = {"mean_accuracy": result.mean, "context_lengths": doc["context_lengths"],
-                            "depths": doc["depths"], **{k: doc[k] for k in ("accuracy", "city_named", "digits_right")},
+                            "depths": doc["depths"], **{k: doc[k] for k in ("accuracy", "city_named", "chars_right")},
                             "results": _rel(result.results, root), "heatmap": _rel(result.heatmap, root)}
   stages = [{"name": r.stage.name, "config": r.stage.config, "steps": r.stage.steps, "context": r.context,
              "rope_theta": r.rope_theta, "tokens_per_step": r.tokens_per_step, "loss_first": r.losses[0],

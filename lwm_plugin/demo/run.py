@@ -220,7 +220,8 @@ class Demo:
   def needles(self, hf_dir: Path) -> list[NeedleResult]:
     """Single needle and the plan's N facts / R asked, one model import and compile for both."""
     grid = self.plan.grid
-    tasks = [NeedleTask(1, 1), NeedleTask(*grid.multi)]
+    value = self.plan.corpus.needle_value
+    tasks = [NeedleTask(1, 1, value), NeedleTask(*grid.multi, value)]
     stage = self.results[self.plan.needle_model].stage
     start = time.monotonic()
     self.say(f"needle retrieval ({', '.join(t.name for t in tasks)}) on {hf_dir.name} (Hugging Face export): "

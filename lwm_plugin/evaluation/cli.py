@@ -30,6 +30,7 @@ import logging
 import sys
 from typing import Sequence
 
+from data_loaders.synthetic_corpus import NEEDLE_VALUES
 from lwm_plugin import launch
 from lwm_plugin.config.files import ConfigError, resolve_config_file
 from lwm_plugin.evaluation import needle
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="fractions of the haystack")
   p.add_argument("--needles", type=int, default=1, help="N facts in the context")
   p.add_argument("--asked", type=int, default=1, help="R facts asked (<= N)")
+  p.add_argument("--needle-value", choices=NEEDLE_VALUES, default="number",
+                 help="number: the paper's 7-digit needle; word: \"The special magic {city} word is: {word}.\" "
+                      "(what the demo's tiny model is trained on)")
   p.add_argument("--rounds", type=int, default=1, help="random needles per grid cell")
   p.add_argument("--seed", type=int, default=20240208)
   p.add_argument("--haystack", default=None, help="filler text file (plain UTF-8, or .jsonl lines {\"text\": ...}); "
@@ -86,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(e.code or 0)
   try:
     config_file = resolve_config_file(args.config)
-    task = needle.NeedleTask(args.needles, args.asked)
+    task = needle.NeedleTask(args.needles, args.asked, args.needle_value)
     needle_run = launch.decode_apps(config_file, args.overrides).needle_run
     run = needle_run.prepare_needle(config_file, args.model, args.overrides, context_lengths=args.context_lengths,
                                     depths=args.depths, tasks=[task], rounds=args.rounds, seed=args.seed,

@@ -3,7 +3,8 @@
 The task is LWM's (`scripts/eval_needle.py`, `eval_needle_multi.py`): a haystack of filler text
 with N planted facts "The special magic {city} number is: {7 digits}.", then a question about R of
 them in the chat template; the answer is correct when it contains the number (for R > 1: the
-fraction of asked numbers it contains). The grid is context length x needle depth, each cell
+fraction of asked numbers it contains). `NeedleTask.value="word"` plants the demo's word form
+instead ("The special magic {city} word is: {word}.", scored as a whole word). The grid is context length x needle depth, each cell
 averaged over `rounds` random needles. This module builds prompts and scores answers; running a
 model is the caller's (`lwm_plugin.integration.inference`), so it stays free of MaxText.
 
@@ -45,13 +46,17 @@ from data_loaders.vocab import MultimodalVocab
 
 @dataclasses.dataclass(frozen=True)
 class NeedleTask:
-  """One evaluation setting: N facts in the context, R of them asked (paper Table 3)."""
+  """One evaluation setting: N facts in the context, R of them asked (paper Table 3), and the needles'
+  values: "number" (the paper's 7 digits) or "word" (`synthetic_corpus.VALUE_WORDS`, the demo's)."""
   n_needles: int = 1
   n_asked: int = 1
+  value: str = "number"
 
   def __post_init__(self):
     if not 1 <= self.n_asked <= self.n_needles:
       raise ValueError(f"need 1 <= asked ({self.n_asked}) <= needles ({self.n_needles})")
+    if self.value not in corpus.NEEDLE_VALUES:
+      raise ValueError(f"needle value {self.value!r}: expected one of {', '.join(corpus.NEEDLE_VALUES)}")
 
   @property
   def name(self) -> str:
@@ -65,42 +70,49 @@ class Trial:
   depth: float
   round: int
   cities: list[str]
-  numbers: list[str]
+  values: list[str]
   tokens: np.ndarray
   prompt: str = ""                    # the prompt's text (its ids decoded), written to the results file
   response: str = ""
   score: float = float("nan")
   city_named: float = float("nan")    # diagnostics below the all-or-nothing score (`partial_credit`)
-  digits_right: float = float("nan")
+  chars_right: float = float("nan")
 
   def to_json(self) -> dict:
     return {"context_length": self.context_length, "depth": self.depth, "round": self.round,
-            "prompt_tokens": int(len(self.tokens)), "prompt": self.prompt, "cities": self.cities, "numbers": self.numbers,
+            "prompt_tokens": int(len(self.tokens)), "prompt": self.prompt, "cities": self.cities, "values": self.values,
             "response": self.response, "score": self.score, "city_named": self.city_named,
-            "digits_right": self.digits_right}
+            "chars_right": self.chars_right}
 
 
-def score_answer(response: str, numbers: Sequence[str]) -> float:
-  """Fraction of the asked numbers that appear in the response (LWM: substring match)."""
-  return sum(n in response for n in numbers) / len(numbers)
+def _value_runs(response: str, values: Sequence[str]) -> list[str]:
+  """The response's digit runs for number values, its words for word values."""
+  return re.findall(r"\d+" if all(v.isdigit() for v in values) else r"[A-Za-z]+", response)
 
 
-def partial_credit(response: str, cities: Sequence[str], numbers: Sequence[str]) -> tuple[float, float]:
-  """(fraction of the asked cities the response names, fraction of the asked numbers' digits it gets
-  right). A number's digits are compared position by position with the best-matching digit run of
-  the response (chance: 0.1). Diagnostics for models below LWM's all-or-nothing score: they show
-  whether a model names the asked fact and copies part of its number.
+def score_answer(response: str, values: Sequence[str]) -> float:
+  """Fraction of the asked values the response contains: a number as a substring (LWM's rule), a word
+  as a whole word (so "pear" is not found in "pearl")."""
+  runs = set(_value_runs(response, values))
+  return sum((v in response) if v.isdigit() else (v in runs) for v in values) / len(values)
+
+
+def partial_credit(response: str, cities: Sequence[str], values: Sequence[str]) -> tuple[float, float]:
+  """(fraction of the asked cities the response names, fraction of the asked values' characters it gets
+  right). A value's characters (a number's digits, a word's letters) are compared position by position
+  with the best-matching run of the response (for numbers, chance is 0.1). Diagnostics for models below
+  LWM's all-or-nothing score: they show whether a model names the asked fact and copies part of its value.
   """
-  runs = re.findall(r"\d+", response)
+  runs = _value_runs(response, values)
   named = sum(city in response for city in cities) / len(cities)
-  digits = [max((sum(a == b for a, b in zip(run, number)) / len(number) for run in runs), default=0.0)
-            for number in numbers]
-  return named, float(np.mean(digits))
+  chars = [max((sum(a == b for a, b in zip(run, value)) / len(value) for run in runs), default=0.0)
+           for value in values]
+  return named, float(np.mean(chars))
 
 
 def _prompt_tokens(vocab: MultimodalVocab, sentences: list[str], needles: list[corpus.Needle],
                    asked: list[corpus.Needle]) -> np.ndarray:
-  question = corpus.needle_question([n.city for n in asked])
+  question = corpus.needle_question([n.city for n in asked], asked[0].kind)
   content = f"{corpus.plant(sentences, needles)} {question}"
   return chat_example(vocab, [{"role": "user", "content": content}])["tokens"]
 
@@ -181,15 +193,15 @@ def _window_trial(vocab: MultimodalVocab, task: NeedleTask, context_length: int,
                   rng: np.random.Generator, round_index: int, haystack: Haystack, fmt: PromptFormat,
                   start: int) -> Trial:
   """A prompt assembled as text from a window of haystack tokens (module docstring), at most context_length."""
-  needles = corpus.random_needles(rng, task.n_needles)
+  needles = corpus.random_needles(rng, task.n_needles, kind=task.value)
   needles[0] = dataclasses.replace(needles[0], depth=depth)
   asked = [needles[0]] + [needles[i] for i in sorted(rng.choice(np.arange(1, task.n_needles),
                                                                 size=task.n_asked - 1, replace=False))]
   cities = [n.city for n in asked]
   if fmt == "lwm":
-    texts, question = [lwm_needle(n.city, n.number) for n in needles], lwm_question(cities, task.n_needles > 1)
+    texts, question = [lwm_needle(n.city, n.value) for n in needles], lwm_question(cities, task.n_needles > 1)
   else:
-    texts, question = [" " + n.sentence for n in needles], corpus.needle_question(cities)
+    texts, question = [" " + n.sentence for n in needles], corpus.needle_question(cities, task.value)
   ids = haystack.ids
   if ids is None:  # synthetic filler, about 12 tokens a sentence
     ids = np.asarray(vocab.encode_text(" ".join(corpus.filler_sentences(rng, context_length // 8 + 1))), np.int32)
@@ -209,7 +221,7 @@ def _window_trial(vocab: MultimodalVocab, task: NeedleTask, context_length: int,
     tokens = prompt(k)
   if len(tokens) > context_length:
     raise ValueError(f"context length {context_length} is too short for the needles and the question")
-  return Trial(context_length, depth, round_index, cities, [n.number for n in asked], tokens)
+  return Trial(context_length, depth, round_index, cities, [n.value for n in asked], tokens)
 
 
 def build_trial(vocab: MultimodalVocab, task: NeedleTask, context_length: int, depth: float,
@@ -219,7 +231,7 @@ def build_trial(vocab: MultimodalVocab, task: NeedleTask, context_length: int, d
   With several needles, the first is at `depth` and the others at random depths (as LWM's
   multi-needle script places them).
   """
-  needles = corpus.random_needles(rng, task.n_needles)
+  needles = corpus.random_needles(rng, task.n_needles, kind=task.value)
   needles[0] = dataclasses.replace(needles[0], depth=depth)
   asked = [needles[0]] + [needles[i] for i in sorted(rng.choice(np.arange(1, task.n_needles),
                                                                 size=task.n_asked - 1, replace=False))]
@@ -240,7 +252,7 @@ def build_trial(vocab: MultimodalVocab, task: NeedleTask, context_length: int, d
   if lo == 0 and len(_prompt_tokens(vocab, [], needles, asked)) > context_length:
     raise ValueError(f"context length {context_length} is too short for the needles and the question")
   tokens = _prompt_tokens(vocab, sentences[:lo], needles, asked)
-  return Trial(context_length, depth, round_index, [n.city for n in asked], [n.number for n in asked], tokens)
+  return Trial(context_length, depth, round_index, [n.city for n in asked], [n.value for n in asked], tokens)
 
 
 def build_grid(vocab: MultimodalVocab, task: NeedleTask, context_lengths: Sequence[int], depths: Sequence[float],
@@ -250,6 +262,8 @@ def build_grid(vocab: MultimodalVocab, task: NeedleTask, context_lengths: Sequen
   chat format is the demo's layout (`build_trial`); a haystack file or the lwm format is assembled as text."""
   if prompt_format not in PROMPT_FORMATS:
     raise ValueError(f"prompt format {prompt_format!r}: expected one of {', '.join(PROMPT_FORMATS)}")
+  if prompt_format == "lwm" and task.value != "number":
+    raise ValueError(f"the lwm prompt format is LWM's own number needle; needle value {task.value!r} needs the chat format")
   longest = max(context_lengths)
   trials = []
   for length in context_lengths:
@@ -278,12 +292,12 @@ def run_grid(trials: list[Trial], generate: Callable[[list[np.ndarray], int], li
     by_length.setdefault(t.context_length, []).append(t)
   for group in by_length.values():
     for trial, text in zip(group, generate([t.tokens for t in group], answer_budget(task))):
-      trial.response, trial.score = text, score_answer(text, trial.numbers)
-      trial.city_named, trial.digits_right = partial_credit(text, trial.cities, trial.numbers)
+      trial.response, trial.score = text, score_answer(text, trial.values)
+      trial.city_named, trial.chars_right = partial_credit(text, trial.cities, trial.values)
 
 
 def accuracy_table(trials: Sequence[Trial], field: str = "score") -> tuple[list[int], list[float], np.ndarray]:
-  """(context lengths, depths, mean of `field` [depths x lengths]); `field`: score, city_named, digits_right."""
+  """(context lengths, depths, mean of `field` [depths x lengths]); `field`: score, city_named, chars_right."""
   lengths = sorted({t.context_length for t in trials})
   depths = sorted({t.depth for t in trials})
   table = np.zeros((len(depths), len(lengths)))
@@ -297,7 +311,7 @@ def write_results(path: str | os.PathLike, task: NeedleTask, trials: Sequence[Tr
   lengths, depths, table = accuracy_table(trials)
   doc = {"task": dataclasses.asdict(task), "context_lengths": lengths, "depths": depths,
          "accuracy": table.tolist(), "mean_accuracy": float(np.mean([t.score for t in trials])),
-         **{field: accuracy_table(trials, field)[2].tolist() for field in ("city_named", "digits_right")},
+         **{field: accuracy_table(trials, field)[2].tolist() for field in ("city_named", "chars_right")},
          "trials": [t.to_json() for t in trials]}
   with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     json.dump(doc, f, indent=1)

@@ -180,7 +180,8 @@ def _write_task(out: Path, task, trials, log) -> tuple[Path, Path, float]:
   log("depth \\ length " + " ".join(f"{n:>7}" for n in lengths))
   for d, row in zip(depth_list, table):
     log(f"{100 * d:>13.0f}% " + " ".join(f"{x:>7.2f}" for x in row))
-  named, digits = (float(np.mean([getattr(t, f) for t in trials])) for f in ("city_named", "digits_right"))
-  log(f"{task.name}: mean accuracy {mean:.3f} (asked city named {named:.2f}, digits right {digits:.2f}, "
-      f"chance 0.10); results {results}, heatmap {heatmap}")
+  named, chars = (float(np.mean([getattr(t, f) for t in trials])) for f in ("city_named", "chars_right"))
+  what = "digits right, chance 0.10" if task.value == "number" else "letters right"
+  log(f"{task.name}: mean accuracy {mean:.3f} (asked city named {named:.2f}, {what} {chars:.2f}); "
+      f"results {results}, heatmap {heatmap}")
   return results, heatmap, mean
