@@ -75,10 +75,17 @@ def test_multi_needle_answer_budget_counts(items, tmp_path, monkeypatch, capsys)
     ("--asked", "3", "need 1 <= asked (3) <= needles (1)"),
     ("--haystack", "no_such.txt", "--haystack no_such.txt: no such file"),
     ("--prompt-format", "gpt", "argument --prompt-format: invalid choice: 'gpt'"),
+    ("--needle-value", "digits", "argument --needle-value: invalid choice: 'digits'"),
 ])
 def test_bad_grid_options(option, value, message, items, tmp_path, monkeypatch, capsys):
   err = _probe(_needle(items, option, value), tmp_path, monkeypatch, capsys)
   assert f"lwm-eval: error: {message}" in err
+
+
+def test_word_needles_need_the_chat_format(items, tiny_lwm_data, tmp_path, monkeypatch, capsys):
+  err = _probe(_needle(items, "--needle-value", "word", "--prompt-format", "lwm", f"lwm_data_dir={tiny_lwm_data}"),
+               tmp_path, monkeypatch, capsys)
+  assert "lwm-eval: error: the lwm prompt format is LWM's own number needle" in err
 
 
 def test_unknown_config_key(items, tmp_path, monkeypatch, capsys):
