@@ -211,10 +211,14 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   # per context length: accuracy (1 + 0) / 2 -> 0; cities (1 + 1) / 2 -> (0 + 0) / 2; digits (1 + 4/7) / 2 -> 0.
   assert "accuracy 0.50 → 0.00" in text and "names the asked city 1.00 → 0.00" in text
   assert "gets 0.79 → 0.07 of the number's digits (chance 0.10) right" in text
-  assert "No needle was retrieved" not in text
+  assert "No needle was retrieved" not in text and "without matching the asked city" not in text  # one needle
   assert "| 5.000 / — |" in text  # text stages show no vision loss
   nothing = render(types.SimpleNamespace(**{**vars(result), "mean": 0.0}))
   assert "**No needle was retrieved.** The tiny model (2 layers, 64 wide)" in nothing
+  multi = needle.write_results(tmp_path / "needle_multi.json", needle.NeedleTask(4, 1, "word"), trials)
+  text = render(types.SimpleNamespace(**{**vars(result), "task": "multi", "results": multi}))
+  assert "copies the value of one of the 4 needles without matching the asked city scores 0.25" in text
+  assert "of the word's letters right" in text
 
   scores = {"correct": 0.5, "colour": 0.75, "shape": 0.5, "background": 0.25}
   vision = types.SimpleNamespace(understanding=scores, generation={**scores, "correct": 0.25}, prompts=4,

@@ -71,6 +71,15 @@ _NEEDLE_FORMS = {
 }
 
 
+def _pick_any(task: dict) -> str:
+  """What an answer scores by copying the value of a needle chosen without regard to the asked city."""
+  n = task["n_needles"]
+  if n == 1:
+    return ""
+  return (f"An answer that copies the value of one of the {n} needles without matching the asked city scores "
+          f"{1 / n:.2f} on average. ")
+
+
 def _needle_section(result: Any, root: Path) -> list[str]:
   doc = json.loads(Path(result.results).read_text())
   lengths, depths, table = doc["context_lengths"], doc["depths"], doc["accuracy"]
@@ -88,6 +97,7 @@ def _needle_section(result: Any, root: Path) -> list[str]:
             f"Trend over context length ({' → '.join(f'{n:,}' for n in lengths)} tokens): accuracy {trend(table)}; "
             f"below that all-or-nothing score, the answer names the asked city {trend(doc['city_named'])} and gets "
             f"{trend(doc['chars_right'])} of the {_VALUE_PARTS[doc['task']['value']]} right (by position). "
+            f"{_pick_any(doc['task'])}"
             f"Heatmap: [{_rel(result.heatmap, root)}]({_rel(result.heatmap, root)}); every prompt, answer and "
             f"score: `{_rel(result.results, root)}`.", ""]
   for t in doc["trials"][:2]:  # two answers as examples
