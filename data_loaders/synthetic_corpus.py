@@ -74,7 +74,8 @@ VALUE_WORDS = (
 )
 
 
-def _check_kind(kind: str) -> str:
+def check_needle_value(kind: str) -> str:
+  """`kind` itself when it is one of NEEDLE_VALUES; a ValueError naming it otherwise."""
   if kind not in NEEDLE_VALUES:
     raise ValueError(f"needle value {kind!r}: expected one of {', '.join(NEEDLE_VALUES)}")
   return kind
@@ -82,15 +83,15 @@ def _check_kind(kind: str) -> str:
 
 def needle_sentence(city: str, value: str, kind: str = "number") -> str:
   """The paper's needle (LWM `eval_needle.py`), or its word form: "The special magic {city} word is: {word}."."""
-  return f"The special magic {city} {_check_kind(kind)} is: {value}."
+  return f"The special magic {city} {check_needle_value(kind)} is: {value}."
 
 
 def needle_question(cities: Sequence[str], kind: str = "number") -> str:
   """LWM's single-needle question, or its multi-needle form for several cities (word needles: "word")."""
   if len(cities) == 1:
-    return f"What is the special magic {cities[0]} {_check_kind(kind)}?"
+    return f"What is the special magic {cities[0]} {check_needle_value(kind)}?"
   names = ", ".join(cities[:-1]) + f", and {cities[-1]}" if len(cities) > 2 else " and ".join(cities)
-  return f"What are the special magic {_check_kind(kind)}s for {names}?"
+  return f"What are the special magic {check_needle_value(kind)}s for {names}?"
 
 
 def needle_answer(needles: Sequence["Needle"]) -> str:
@@ -126,7 +127,7 @@ def random_needles(rng: np.random.Generator, count: int, depths: Sequence[float]
                    kind: str = "number") -> list[Needle]:
   """`count` needles with distinct cities and values (7-digit numbers or words), at random (or given) depths."""
   cities = rng.choice(len(CITIES), size=count, replace=False)
-  if _check_kind(kind) == "number":
+  if check_needle_value(kind) == "number":
     values = [str(n) for n in rng.integers(1_000_000, 10_000_000, size=count)]
   else:
     values = [VALUE_WORDS[i] for i in rng.integers(len(VALUE_WORDS), size=count)]
@@ -198,9 +199,10 @@ def copy_drill(rng: np.random.Generator, words: int, repeats: int) -> dict[str, 
 
   Everything after the first run is predictable only by copying from `words` tokens back (each
   drill word is one piece of the tiny tokenizer). Measured with a transformers reference of the tiny
-  model (BENCHMARKS.md, issue 17): runs of a fixed length are learned within about 150 steps and,
-  mixed half and half with short needle documents, bring single-needle retrieval from 0.33 to 0.98
-  in 1,200 steps; runs of varying length (8 to 40 words) are not learned at all in 400 steps.
+  model (BENCHMARKS.md, issue 17): runs of a fixed length (of these words, or of random token ids) are
+  learned within about 150 steps, and half the rows of such drills next to needle chats took
+  single-needle retrieval from 0.33 to 0.98 in 1,200 steps; runs of varying length (8 to 40 words) are
+  not learned at all in 400 steps.
   """
   run = " ".join(rng.choice(drill_words(), size=words, replace=False))
   return {"fields": "text", "text": " ".join([run] * repeats)}
@@ -311,8 +313,8 @@ class CorpusSpec:
   needle_value: str = "number"       # "number" (the paper's 7 digits) or "word" (VALUE_WORDS)
   qa_recalls: bool = False           # text recalls as question + answer; chats ask every needle (follow-ups)
   copy_drills: int = 0               # induction drills (`copy_drill`), written to copy_drill.jsonl
-  drill_words: int = 32               # words per run of a copy drill
-  drill_repeats: int = 8               # runs per drill
+  drill_words: int = 32              # words per run of a copy drill
+  drill_repeats: int = 8             # runs per drill
   retrieval_chats: int = 400
   chat_needles: tuple[int, ...] = (1, 2, 4)  # N facts per context; R asked is 1 or 2 (at most N)
   images: int = 400
@@ -321,7 +323,7 @@ class CorpusSpec:
   codebook_size: int = 8192
 
   def __post_init__(self):
-    _check_kind(self.needle_value)
+    check_needle_value(self.needle_value)
 
 
 def generate_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec()) -> dict[str, Path]:

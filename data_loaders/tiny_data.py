@@ -30,8 +30,8 @@ SPEC = CorpusSpec(seed=0, text_documents=60, document_sentences=(3, 40), short_d
                   retrieval_chats=60, images=120, videos=40, video_frames=4, codebook_size=CODEBOOK)
 # The full demo's corpus (`make demo`): word needles (one tokenizer piece per value, see
 # synthetic_corpus.VALUE_WORDS), dense facts (one per 4 sentences) recalled as question + answer,
-# chats that ask every fact, short documents and copy drills for the first stage (a tiny model forms
-# induction heads from drills within a few hundred steps, then retrieval from the short documents;
+# chats that ask every fact, short documents and copy drills for the first stage (a tiny model learns
+# to copy from the drills within a few hundred steps, then to retrieve from the short documents;
 # BENCHMARKS.md, issue 17), and long documents (log-uniform to about 3.5K tokens) for 2K and 4K.
 DEMO_SPEC = dataclasses.replace(SPEC, text_documents=3000, document_sentences=(3, 330), log_uniform_lengths=True,
                                 short_documents=12000, short_sentences=(2, 20), sentences_per_needle=4,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from data_loaders.atomic_file import atomic_path
-from data_loaders.synthetic_corpus import VALUE_WORDS
+from data_loaders.synthetic_corpus import VALUE_WORDS, needle_sentence
 from lwm_plugin.demo.plan import Plan
 from lwm_plugin.demo.progress import clock
 
@@ -59,11 +59,11 @@ def _stage_table(summary: Summary) -> list[str]:
 
 
 _VALUE_PARTS = {"number": "number's digits (chance 0.10)", "word": "word's letters"}
-_NEEDLE_SENTENCES = {"number": "The special magic {city} number is: {7 digits}.",
-                     "word": "The special magic {city} word is: {word}."}
+_NEEDLE_SENTENCES = {kind: needle_sentence("{city}", placeholder, kind)
+                     for kind, placeholder in (("number", "{7 digits}"), ("word", "{word}"))}
 _NEEDLE_FORMS = {
-    "number": "Needles are the paper's: \"The special magic {city} number is: {7 digits}.\"",
-    "word": ("Needles are the paper's with a word for the number: \"The special magic {city} word is: {word}.\", "
+    "number": f"Needles are the paper's: \"{_NEEDLE_SENTENCES['number']}\"",
+    "word": (f"Needles are the paper's with a word for the number: \"{_NEEDLE_SENTENCES['word']}\", "
              f"the word one of {len(VALUE_WORDS)} (chance {1 / len(VALUE_WORDS):.3f}), each a single piece of the tiny "
              "tokenizer. The paper's 7-digit number is seven digit pieces, each of which must be copied from among "
              "the other needles' digits; the tiny model does not learn that in the demo's budget (BENCHMARKS.md, "

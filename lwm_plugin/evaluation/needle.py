@@ -55,8 +55,7 @@ class NeedleTask:
   def __post_init__(self):
     if not 1 <= self.n_asked <= self.n_needles:
       raise ValueError(f"need 1 <= asked ({self.n_asked}) <= needles ({self.n_needles})")
-    if self.value not in corpus.NEEDLE_VALUES:
-      raise ValueError(f"needle value {self.value!r}: expected one of {', '.join(corpus.NEEDLE_VALUES)}")
+    corpus.check_needle_value(self.value)
 
   @property
   def name(self) -> str:
