@@ -1,7 +1,7 @@
 """A deterministic synthetic corpus in LWM's JSONL format: needles in haystacks, shapes and colours.
 
 Nothing is downloaded: text comes from a small grammar, images and videos from a renderer of
-coloured shapes on a 16 x 16 code grid. Everything is a pure function of a seed, so the demo and
+coloured shapes on a square code grid (16 x 16 as LWM's VQGAN, or smaller for a tiny model). Everything is a pure function of a seed, so the demo and
 the tests see the same data on every machine.
 
 * Text documents: filler sentences with planted facts in the paper's needle format,
@@ -15,7 +15,10 @@ the tests see the same data on every machine.
 * Images and videos whose codes are predictable from the caption: each colour owns a band of
   codes and each shape a texture pattern inside it, so "a red circle at the top left on a blue
   background" determines the frame up to the texture. Videos move the shape a fixed number of
-  cells per frame. Lines carry both modality orders (`["[caption],vision", "[vision],caption"]`).
+  cells per frame. Lines carry both modality orders, as the paper's randomly swapped pairs
+  (`["[caption],vision", "vision,caption"]`): text-to-image generation, and image first with loss on
+  the image too, "unconditional image generation" (paper Sec. 3.2) -- what the `<s><vision>` branch
+  of classifier-free guidance predicts -- followed by its caption.
 
 Token counts depend on the tokenizer; the generator works in sentences and frames and leaves
 budgets in tokens to the loader (packing, truncation) and to the needle evaluation.
@@ -56,8 +59,19 @@ COLOURS = ("red", "green", "blue", "yellow", "white", "black", "purple", "orange
 SHAPES = ("square", "circle", "triangle", "cross")
 _PLACES = {"top left": (0, 0), "top right": (0, 1), "bottom left": (1, 0), "bottom right": (1, 1)}
 _MOVES = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
-GRID = 16  # 16 x 16 codes per frame, as LWM's VQGAN
-SHAPE_SIZE = 6
+GRID = 16  # 16 x 16 codes per frame, as LWM's VQGAN (the default; `grid=` gives another side)
+MIN_GRID = 8
+# Both modality orders of a caption line (LWM's swap, `lwm_format.choose_spec`): text-to-image, and
+# image-to-text with loss on the image as well (unconditional image generation, then captioning).
+CAPTION_FIELDS = ["[caption],vision", "vision,caption"]
+
+
+def shape_side(grid: int) -> int:
+  """Cells per side of a shape on a `grid` x `grid` frame: 6 on LWM's 16 (3/8 of it), at least 4 so
+  the four shapes keep distinct outlines; ValueError below MIN_GRID (no room for four places)."""
+  if grid < MIN_GRID:
+    raise ValueError(f"grid={grid}: toy frames need at least {MIN_GRID} x {MIN_GRID} codes")
+  return max(4, 3 * grid // 8)
 
 
 NEEDLE_VALUES = ("number", "word")
@@ -226,8 +240,7 @@ def colour_code(colour: int, texture: int, codebook_size: int) -> int:
   return colour * colour_band(codebook_size) + texture
 
 
-def _shape_mask(shape: str) -> np.ndarray:
-  s = SHAPE_SIZE
+def _shape_mask(shape: str, s: int) -> np.ndarray:
   r, c = np.mgrid[0:s, 0:s]
   centre = (s - 1) / 2
   if shape == "square":
@@ -241,14 +254,16 @@ def _shape_mask(shape: str) -> np.ndarray:
   raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def render_frame(shape: str, colour: str, background: str, row: int, col: int, codebook_size: int) -> np.ndarray:
-  """A 16 x 16 frame (flattened row-major) with the shape's top-left cell at (row, col)."""
-  if not (0 <= row <= GRID - SHAPE_SIZE and 0 <= col <= GRID - SHAPE_SIZE):
-    raise ValueError(f"shape at ({row}, {col}) does not fit a {GRID}x{GRID} frame")
-  frame = np.full((GRID, GRID), colour_code(COLOURS.index(background), 0, codebook_size), np.int32)
+def render_frame(shape: str, colour: str, background: str, row: int, col: int, codebook_size: int,
+                 grid: int = GRID) -> np.ndarray:
+  """A `grid` x `grid` frame (flattened row-major) with the shape's top-left cell at (row, col)."""
+  side = shape_side(grid)
+  if not (0 <= row <= grid - side and 0 <= col <= grid - side):
+    raise ValueError(f"shape at ({row}, {col}) does not fit a {grid}x{grid} frame")
+  frame = np.full((grid, grid), colour_code(COLOURS.index(background), 0, codebook_size), np.int32)
   texture = 1 + SHAPES.index(shape)
-  window = frame[row:row + SHAPE_SIZE, col:col + SHAPE_SIZE]
-  window[_shape_mask(shape)] = colour_code(COLOURS.index(colour), texture, codebook_size)
+  window = frame[row:row + side, col:col + side]
+  window[_shape_mask(shape, side)] = colour_code(COLOURS.index(colour), texture, codebook_size)
   return frame.reshape(-1)
 
 
@@ -257,32 +272,42 @@ def _pick_scene(rng: np.random.Generator) -> tuple[str, str, str]:
   return SHAPES[rng.integers(len(SHAPES))], COLOURS[colour], COLOURS[background]
 
 
-def image_caption(rng: np.random.Generator, codebook_size: int) -> dict[str, Any]:
-  """An image-caption pair in both modality orders (text-to-image and captioning)."""
+def is_held_out(shape: str, colour: str, background: str) -> bool:
+  """The images no training file holds: those whose colour, shape and background indices sum to a
+  multiple of 8 (28 of the 224 triples). Every colour-shape pair still occurs in training on at least
+  6 of its 7 backgrounds, so a held-out image is a known object on a background never seen with it."""
+  return (COLOURS.index(colour) + SHAPES.index(shape) + COLOURS.index(background)) % len(COLOURS) == 0
+
+
+def image_caption(rng: np.random.Generator, codebook_size: int, grid: int = GRID, *,
+                  held_out: bool = False) -> dict[str, Any]:
+  """An image-caption pair in both modality orders (`CAPTION_FIELDS`) on a `grid` x `grid` frame:
+  a training image, or with `held_out` one of the evaluation's (`is_held_out`)."""
   shape, colour, background = _pick_scene(rng)
+  while is_held_out(shape, colour, background) != held_out:
+    shape, colour, background = _pick_scene(rng)
   place = list(_PLACES)[rng.integers(len(_PLACES))]
   r, c = _PLACES[place]
-  far = GRID - SHAPE_SIZE - 1
-  codes = render_frame(shape, colour, background, 1 + r * (far - 1), 1 + c * (far - 1), codebook_size)
+  far = grid - shape_side(grid) - 1
+  codes = render_frame(shape, colour, background, 1 + r * (far - 1), 1 + c * (far - 1), codebook_size, grid)
   caption = f"a {colour} {shape} at the {place} on a {background} background"
-  return {"fields": ["[caption],vision", "[vision],caption"], "caption": caption, "vision": codes.tolist()}
+  return {"fields": list(CAPTION_FIELDS), "caption": caption, "vision": codes.tolist()}
 
 
-def video_caption(rng: np.random.Generator, n_frames: int, codebook_size: int) -> dict[str, Any]:
-  """A short video of a shape moving one cell per frame, in both modality orders."""
+def video_caption(rng: np.random.Generator, n_frames: int, codebook_size: int, grid: int = GRID) -> dict[str, Any]:
+  """A short video of a shape moving one cell per frame, in both modality orders (`CAPTION_FIELDS`)."""
   shape, colour, background = _pick_scene(rng)
   move = list(_MOVES)[rng.integers(len(_MOVES))]
   dr, dc = _MOVES[move]
-  span = GRID - SHAPE_SIZE
+  span = grid - shape_side(grid)
   if n_frames > span + 1:
-    raise ValueError(f"n_frames={n_frames}: a shape can move at most {span} cells in a {GRID}-cell frame")
+    raise ValueError(f"n_frames={n_frames}: a shape can move at most {span} cells in a {grid}-cell frame")
   start_r = span // 2 if dr == 0 else (0 if dr > 0 else span)
   start_c = span // 2 if dc == 0 else (0 if dc > 0 else span)
-  frames = [render_frame(shape, colour, background, start_r + i * dr, start_c + i * dc, codebook_size)
+  frames = [render_frame(shape, colour, background, start_r + i * dr, start_c + i * dc, codebook_size, grid)
             for i in range(n_frames)]
   caption = f"a {colour} {shape} moving {move} on a {background} background"
-  return {"fields": ["[caption],vision", "[vision],caption"], "caption": caption,
-          "vision": np.concatenate(frames).tolist()}
+  return {"fields": list(CAPTION_FIELDS), "caption": caption, "vision": np.concatenate(frames).tolist()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,9 +346,16 @@ class CorpusSpec:
   videos: int = 100
   video_frames: int = 4
   codebook_size: int = 8192
+  grid: int = GRID                   # frame side in codes: the model's lwm_tokens_per_frame is grid ** 2
 
   def __post_init__(self):
     check_needle_value(self.needle_value)
+    shape_side(self.grid)
+
+  @property
+  def tokens_per_frame(self) -> int:
+    """Codes per frame: the `lwm_tokens_per_frame` of a model trained on this corpus."""
+    return self.grid * self.grid
 
 
 def generate_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec()) -> dict[str, Path]:
@@ -367,9 +399,9 @@ def generate_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec())
     chats.append(retrieval_chat(r, length(r), n, int(r.integers(1, min(n, 2) + 1)), spec.needle_value,
                                 spec.qa_recalls))
   r = rng_for("image")
-  images = [image_caption(r, spec.codebook_size) for _ in range(spec.images)]
+  images = [image_caption(r, spec.codebook_size, spec.grid) for _ in range(spec.images)]
   r = rng_for("video")
-  videos = [video_caption(r, spec.video_frames, spec.codebook_size) for _ in range(spec.videos)]
+  videos = [video_caption(r, spec.video_frames, spec.codebook_size, spec.grid) for _ in range(spec.videos)]
   files = [("text", text), ("retrieval_chat", chats), ("image", images), ("video", videos)]
   if spec.short_documents:
     files.append(("text_short", short))

@@ -28,6 +28,11 @@ TEXT_VOCAB = 1024
 CODEBOOK = 64
 SPEC = CorpusSpec(seed=0, text_documents=60, document_sentences=(3, 40), short_documents=40, copy_drills=40,
                   retrieval_chats=60, images=120, videos=40, video_frames=4, codebook_size=CODEBOOK)
+# The demo's toy frames: 8 x 8 codes (LWM's VQGAN: 16 x 16), so that an image-caption example is about
+# 80 tokens instead of 270 and the tiny vision stages see 3x more of them per step: a reference of the
+# tiny model learns both directions in about 300 steps of 8x8 frames, 16x16 ones need about 900
+# (BENCHMARKS.md, issue 17). The demo sets every stage's lwm_tokens_per_frame to match.
+DEMO_GRID = 8
 # The full demo's corpus (`make demo`): word needles (one tokenizer piece per value, see
 # synthetic_corpus.VALUE_WORDS), dense facts (one per 4 sentences) recalled as question + answer,
 # chats that ask every fact, short documents and copy drills for the first stage (a tiny model learns
@@ -36,7 +41,7 @@ SPEC = CorpusSpec(seed=0, text_documents=60, document_sentences=(3, 40), short_d
 DEMO_SPEC = dataclasses.replace(SPEC, text_documents=3000, document_sentences=(3, 330), log_uniform_lengths=True,
                                 short_documents=12000, short_sentences=(2, 20), sentences_per_needle=4,
                                 needle_value="word", qa_recalls=True, copy_drills=12000, retrieval_chats=3000,
-                                chat_needles=(1, 2, 4, 8), images=400, videos=100)
+                                chat_needles=(1, 2, 4, 8), images=4000, videos=1000, grid=DEMO_GRID)
 TOKENIZER_LINES_PER_FILE = 400  # the corpus's words are few: a sample of each file trains the tokenizer
 
 

@@ -1,7 +1,8 @@
 """The synthetic corpus's toy images read back: held-out scenes, caption and code-grid scorers, RGB pictures.
 
 The demo's images are not VQGAN codes but a toy codebook (`data_loaders.synthetic_corpus`): on a
-16 x 16 grid every colour owns a band of `codebook_size / 8` codes, the background is the band's
+square grid of codes (the demo's is 8 x 8, LWM's VQGAN 16 x 16; a frame's side is the square root of
+its code count) every colour owns a band of `codebook_size / 8` codes, the background is the band's
 code 0 and a shape is drawn with the band's code `1 + SHAPES.index(shape)` (its texture). That
 makes both directions of the demo's vision model checkable without a model:
 
@@ -20,12 +21,13 @@ Pure numpy; no model, no JAX.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Sequence
 
 import numpy as np
 
-from data_loaders.synthetic_corpus import COLOURS, GRID, SHAPES, colour_band, image_caption
+from data_loaders.synthetic_corpus import COLOURS, GRID, SHAPES, colour_band, image_caption, shape_side
 
 # The caption template of `synthetic_corpus.image_caption`, parsed strictly (the truth of a scene).
 _CAPTION = re.compile(rf"a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) at the (top|bottom) (left|right) "
@@ -63,13 +65,13 @@ def truth_of(caption: str) -> Reading:
   return Reading(m.group(1), m.group(2), m.group(5))
 
 
-def held_out_scenes(seed: int, n: int, codebook_size: int) -> list[Scene]:
-  """`n` images of the corpus's image generator from `seed`'s own stream (the corpus seeds with
-  [spec.seed, crc32(file name)]; a one-element seed sequence is a different stream)."""
+def held_out_scenes(seed: int, n: int, codebook_size: int, grid: int = GRID) -> list[Scene]:
+  """`n` `grid` x `grid` images the corpus never trains on (`synthetic_corpus.is_held_out`: a colour,
+  shape and background never seen together), drawn by its image generator from `seed`'s own stream."""
   rng = np.random.default_rng([seed])
   scenes = []
   for _ in range(n):
-    line = image_caption(rng, codebook_size)
+    line = image_caption(rng, codebook_size, grid, held_out=True)
     scenes.append(Scene(line["caption"], tuple(int(c) for c in line["vision"]), truth_of(line["caption"])))
   return scenes
 
@@ -91,13 +93,23 @@ def parse_answer(text: str) -> Reading:
   return Reading(colour, shape, background)
 
 
+def frame_side(tokens_per_frame: int) -> int:
+  """The side of a square frame of `tokens_per_frame` codes (8 for 64, 16 for LWM's 256); ValueError
+  if the count is not a square of at least `synthetic_corpus.MIN_GRID` squared."""
+  side = math.isqrt(tokens_per_frame)
+  if side * side != tokens_per_frame:
+    raise ValueError(f"a frame is a square grid of codes, got {tokens_per_frame} codes")
+  shape_side(side)
+  return side
+
+
 def _codes_grid(codes: Any, codebook_size: int) -> np.ndarray:
-  grid = np.asarray(codes, np.int64).reshape(-1)
-  if grid.shape != (GRID * GRID,):
-    raise ValueError(f"a frame has {GRID * GRID} codes, got {grid.shape[0]}")
-  if grid.min() < 0 or grid.max() >= codebook_size:
-    raise ValueError(f"codes must be in [0, {codebook_size}), got {grid.min()}..{grid.max()}")
-  return grid.reshape(GRID, GRID)
+  """The frame's codes as a square grid (`frame_side`)."""
+  flat = np.asarray(codes, np.int64).reshape(-1)
+  side = frame_side(flat.shape[0])
+  if flat.min() < 0 or flat.max() >= codebook_size:
+    raise ValueError(f"codes must be in [0, {codebook_size}), got {flat.min()}..{flat.max()}")
+  return flat.reshape(side, side)
 
 
 def read_grid(codes: Any, codebook_size: int) -> Reading:
@@ -146,12 +158,12 @@ def _marks(cell: int) -> list[np.ndarray]:
 
 
 def grid_rgb(codes: Any, codebook_size: int, cell: int = 8) -> np.ndarray:
-  """uint8 [16 cell, 16 cell, 3]: each code's band colour, its texture as a mark (black on light
+  """uint8 [side cell, side cell, 3] for a side x side frame: each code's band colour, its texture as a mark (black on light
   colours, white on dark ones) so a shape of the background's own colour still shows."""
   band = colour_band(codebook_size)
   grid = _codes_grid(codes, codebook_size)
   marks = _marks(cell)
-  image = np.zeros((GRID * cell, GRID * cell, 3), np.uint8)
+  image = np.zeros((grid.shape[0] * cell, grid.shape[1] * cell, 3), np.uint8)
   for (i, j), code in np.ndenumerate(grid):
     name = COLOURS[code // band]
     tile = np.empty((cell, cell, 3), np.uint8)

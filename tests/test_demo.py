@@ -91,7 +91,9 @@ def _check_summary(summary, plan, out):
     width, height = _png_size(out / vision[key])
     assert width > 100 and height > 100
   trials = json.loads((out / vision["results"]).read_text())["trials"]
-  assert len(trials) == vision["prompts"] and all(len(t["generation"]["frame"]) == 256 for t in trials)
+  side = vision["grid"]  # the demo's toy frames (8 x 8), every stage run with lwm_tokens_per_frame = side ** 2
+  assert side == demo_plan.FAST.corpus.grid and len(trials) == vision["prompts"]
+  assert all(len(t["generation"]["frame"]) == side * side and len(t["codes"]) == side * side for t in trials)
 
 
 def test_plan_from_env():

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from data_loaders import synthetic_corpus as sc
-from data_loaders.lwm_format import FormatOptions
+from data_loaders.lwm_format import FormatOptions, example_from_line
 from data_loaders.sources import LWMJsonlReader
+from data_loaders.vocab import MultimodalVocab
 
 
 def test_needle_format_is_the_papers():
@@ -40,9 +41,18 @@ def test_frames_follow_the_caption():
     sc.colour_code(0, 0, 16)
 
 
-def test_video_moves_one_cell_per_frame():
-  line = sc.video_caption(np.random.default_rng(3), 4, 64)
-  frames = np.asarray(line["vision"]).reshape(4, 16, 16)
+def test_shape_side_and_grid_limits():
+  assert (sc.shape_side(16), sc.shape_side(8), sc.shape_side(32)) == (6, 4, 12)
+  with pytest.raises(ValueError, match="at least 8 x 8"):
+    sc.shape_side(7)
+  with pytest.raises(ValueError, match="at least 8 x 8"):
+    sc.CorpusSpec(grid=4)
+
+
+@pytest.mark.parametrize("grid", [16, 8])
+def test_video_moves_one_cell_per_frame(grid):
+  line = sc.video_caption(np.random.default_rng(3), 4, 64, grid)
+  frames = np.asarray(line["vision"]).reshape(4, grid, grid)
   move = line["caption"].split(" moving ")[1].split(" ")[0]
   axis, step = {"right": (1, 1), "left": (1, -1), "down": (0, 1), "up": (0, -1)}[move]
   assert np.array_equal(np.roll(frames[0], step, axis=axis), frames[1])
@@ -63,6 +73,7 @@ def test_corpus_is_deterministic_and_readable(tmp_path, corpus_vocab):
     assert sentence.rstrip(".") + "." in chat[0]["content"]
   video = next(iter(LWMJsonlReader(first["video"], corpus_vocab)))[0]
   assert int(video["is_vision"].sum()) == spec.video_frames * (256 + 1)  # each frame closed by eof or eov
+  assert spec.tokens_per_frame == 256
   assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave nothing behind
 
 
@@ -125,3 +136,21 @@ def test_short_documents_and_drills_get_files_of_their_own(tmp_path, corpus_voca
   chat = json.loads(files["retrieval_chat"].read_text().splitlines()[0])["messages"]
   needles = chat[0]["content"].count("The special magic")
   assert len(chat) == 2 * needles  # follow-ups ask every needle of the document once
+
+
+def test_both_modality_orders_and_the_image_first_order_trains_the_image(corpus_vocab):
+  """Lines carry the paper's swap: caption -> image (loss on the image), image -> caption with loss on
+  the image too (unconditional generation, the `<s><vision>` branch of guidance) and on the caption."""
+  vocab = MultimodalVocab.from_model_proto(corpus_vocab.model_proto, codebook_size=64, tokens_per_frame=64)
+  line = sc.image_caption(np.random.default_rng(0), 64, grid=8)
+  assert line["fields"] == ["[caption],vision", "vision,caption"] and len(line["vision"]) == 64
+  caption_ids = vocab.encode_text(line["caption"])
+  for index, image_first in ((0, False), (1, True)):
+    ex = example_from_line(line, vocab, options=FormatOptions(fields_index=index))
+    vision, loss = np.asarray(ex["is_vision"], bool), np.asarray(ex["loss_mask"], bool)
+    assert vision.sum() == 64 + 1 and loss[vision].all()  # 64 codes + eov, all with loss in both orders
+    text_loss = loss & ~vision
+    # the caption's tokens have loss only when it comes after the image
+    start = next(i for i in range(len(ex["tokens"])) if list(ex["tokens"][i:i + len(caption_ids)]) == caption_ids)
+    assert loss[start:start + len(caption_ids)].all() == image_first
+    assert text_loss.sum() > 0

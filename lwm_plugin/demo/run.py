@@ -112,7 +112,10 @@ class Demo:
     self.term.write(f"demo: {text}\n")
 
   def _common(self) -> list[str]:
-    return [f"lwm_data_dir={self.data}", f"base_output_directory={self.runs}"]
+    """Every stage's (and conversion's, and evaluation's) overrides: the corpus, the runs, and the
+    corpus's frame size (the demo's toy frames are smaller than the YAMLs' LWM 16 x 16)."""
+    return [f"lwm_data_dir={self.data}", f"base_output_directory={self.runs}",
+            f"lwm_tokens_per_frame={self.plan.corpus.tokens_per_frame}"]
 
   def _quiet(self, name: str):
     return progress.quiet_output(self.logs / f"{name}.log", self.term)
@@ -166,7 +169,7 @@ class Demo:
     n = len(self.plan.stages)
     config = resolve_config_file(stage.config)
     start = time.monotonic()
-    overrides = [*self._common(), f"steps={stage.steps}", *self._init_checkpoint(stage)]
+    overrides = [*self._common(), f"steps={stage.steps}", *stage.overrides, *self._init_checkpoint(stage)]
     context = int(peek(config, overrides, "max_target_length"))
     theta = float(peek(config, overrides, "rope_max_timescale"))
     extended = " (vocabulary extended)" if stage.extend_vocab else ""
@@ -174,7 +177,7 @@ class Demo:
              f"{stage.steps} steps, from {stage.init or 'scratch'}{extended}")
     done = list(self.results.values())
     overhead = statistics.mean(r.setup_s for r in done) if done else FIRST_STAGE_OVERHEAD_S
-    later = [(s.steps, self._tokens_per_step(resolve_config_file(s.config), self._common()))
+    later = [(s.steps, self._tokens_per_step(resolve_config_file(s.config), [*self._common(), *s.overrides]))
              for s in self.plan.stages[index + 1:]]
     tokens_per_step = self._tokens_per_step(config, overrides)
     watcher = progress.StepWatcher(self.term, f"stage {index + 1}/{n} {stage.name}", stage.steps, tokens_per_step,

@@ -4,7 +4,8 @@ Both directions of the paper's vision-language model, scored without a person (`
 
   understanding  each held-out image's codes in an understanding prompt; the greedy text answer
                  (text ids only, up to `ANSWER_TOKENS`) is scored on the colour and shape it names;
-  generation     each held-out caption in a generation prompt; one 16 x 16 frame drawn through
+  generation     each held-out caption in a generation prompt; one frame (the model's
+                 `lwm_tokens_per_frame` codes, a square grid: 8 x 8 in the demo) drawn through
                  `lwm_plugin.generation.loop.generate_vision` (`lwm-generate --generate image`'s path:
                  classifier-free guidance against `<s><vision>`, codes only inside the frame, greedy),
                  scored on the colour and shape its codes show.
@@ -65,6 +66,7 @@ class VisionResult:
   prompts: int
   layout: str
   cfg_scale: float
+  grid: int                 # frame side in codes (8 in the demo; LWM's VQGAN: 16)
   seen_in_training: int     # held-out captions that also occur in the training corpus's image file
   results: Path
   generation_png: Path
@@ -105,7 +107,8 @@ def evaluate_vision(config_file: str, model: str, overrides: Sequence[str], *, p
     vocab, is_text_model = model_vocab(config)
     if is_text_model:
       raise UsageError(f"{config_file}: a text model has no vision vocabulary to evaluate")
-    scenes = toy_vision.held_out_scenes(seed, prompts, vocab.codebook_size)
+    grid = toy_vision.frame_side(vocab.tokens_per_frame)
+    scenes = toy_vision.held_out_scenes(seed, prompts, vocab.codebook_size, grid)
     integration.install()
     decoder = inference.CachedDecoder(config, bucket=config.max_prefill_predict_length)  # one prefill shape
     log(f"vision: model imported and decoder built in {time.monotonic() - start:.0f} s")
@@ -151,7 +154,7 @@ def evaluate_vision(config_file: str, model: str, overrides: Sequence[str], *, p
       (t["codes"], f"{_wrap('answer: ' + t['understanding']['answer'].strip()[:80])}\n{_verdict(t['understanding'])}")
       for t in trials[:FIGURE_PANELS // 4]], codebook,
       f"image understanding: colour and shape named {understanding['correct']:.2f}")
-  result = VisionResult(understanding, generation, prompts, layout, cfg_scale, seen, results, gen_png, und_png,
+  result = VisionResult(understanding, generation, prompts, layout, cfg_scale, grid, seen, results, gen_png, und_png,
                         time.monotonic() - start)
   log(f"vision: understanding {understanding['correct']:.2f} (colour {understanding['colour']:.2f}, shape "
       f"{understanding['shape']:.2f}), generation {generation['correct']:.2f} (colour {generation['colour']:.2f}, "
