@@ -15,8 +15,10 @@ tokens_per_frame` long (or a list of F frames), laid out as `<vision> f1 <eof> .
 Every example starts with BOS (mask 0) and ends with EOS (mask 1), as in LWM.
 
 `"fields"` may be a list of specs: one is drawn per example with `random.Random(example_index)`,
-LWM's modality-order swap (e.g. `["[caption],vision", "[vision],caption"]` alternates text-to-image
-and image-to-text); the reader passes the 0-based line index within the file, as LWM does, so the
+LWM's modality-order swap. `CAPTION_FIELDS`, `["[caption],vision", "vision,caption"]`, is the
+paper's (Sec. 3.2: swapping the order models "text-image generation, unconditional image generation,
+and image captioning"): text-to-image, or the image first with loss on it as well (what the
+`<s><vision>` branch of classifier-free guidance predicts) and then its caption; the reader passes the 0-based line index within the file, as LWM does, so the
 choice is deterministic and survives a resume. `FormatOptions.fields_index` fixes the choice.
 
 A line with `"messages"` instead of `"fields"` is a chat example (`data_loaders.chat_template`).
@@ -48,6 +50,7 @@ from data_loaders.vocab import MultimodalVocab
 logger = logging.getLogger(__name__)
 
 SPECIAL_ITEMS = ("<|bos|>", "<|eos|>")
+CAPTION_FIELDS = ("[caption],vision", "vision,caption")  # both modality orders of a caption line
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,10 +15,8 @@ the tests see the same data on every machine.
 * Images and videos whose codes are predictable from the caption: each colour owns a band of
   codes and each shape a texture pattern inside it, so "a red circle at the top left on a blue
   background" determines the frame up to the texture. Videos move the shape a fixed number of
-  cells per frame. Lines carry both modality orders, as the paper's randomly swapped pairs
-  (`["[caption],vision", "vision,caption"]`): text-to-image generation, and image first with loss on
-  the image too, "unconditional image generation" (paper Sec. 3.2) -- what the `<s><vision>` branch
-  of classifier-free guidance predicts -- followed by its caption.
+  cells per frame. Lines carry both modality orders (`lwm_format.CAPTION_FIELDS`, the paper's swap:
+  text-to-image, and the image with loss on it followed by its caption).
 
 Token counts depend on the tokenizer; the generator works in sentences and frames and leaves
 budgets in tokens to the loader (packing, truncation) and to the needle evaluation.
@@ -36,6 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from data_loaders.atomic_file import atomic_path
+from data_loaders.lwm_format import CAPTION_FIELDS
 
 CITIES = (
     "Amsterdam", "Athens", "Bangkok", "Barcelona", "Berlin", "Bogota", "Boston", "Brussels", "Budapest", "Cairo",
@@ -61,9 +60,6 @@ _PLACES = {"top left": (0, 0), "top right": (0, 1), "bottom left": (1, 0), "bott
 _MOVES = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
 GRID = 16  # 16 x 16 codes per frame, as LWM's VQGAN (the default; `grid=` gives another side)
 MIN_GRID = 8
-# Both modality orders of a caption line (LWM's swap, `lwm_format.choose_spec`): text-to-image, and
-# image-to-text with loss on the image as well (unconditional image generation, then captioning).
-CAPTION_FIELDS = ["[caption],vision", "vision,caption"]
 
 
 def shape_side(grid: int) -> int:

@@ -142,7 +142,7 @@ def test_the_loader_reads_the_shards_unchanged(inputs, prepared, corpus_vocab):
   _, expected, _ = inputs
   out, _, _ = prepared
   records = [json.loads(line) for p in sorted(out.glob("part-*.jsonl")) for line in p.read_text().splitlines()]
-  assert all(r["fields"] == ["[caption],vision", "[vision],caption"] for r in records)
+  assert all(r["fields"] == ["[caption],vision", "vision,caption"] for r in records)
   examples = _loader_examples(out, "part-*.jsonl", "jsonl", corpus_vocab)
   assert len(examples) == len(expected)
   seen = {}

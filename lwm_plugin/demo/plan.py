@@ -71,11 +71,10 @@ class Plan:
     return self.stages[-1]
 
 
-# The demo's first vision stage: 4 rows of 1K (half the YAML's 8) at 3e-3 (the YAML's 1e-3), 300 steps.
-# Measured from the demo's text model on 8 x 8 frames: image understanding 0.91 after 300 such steps
-# (130 s), and 1.00 after 300 of 8 rows (twice the time); 200 steps of 8 rows at the cosine's end: 0.59
-# (BENCHMARKS.md, issue 17).
-VISION_1K = ("per_device_batch_size=1", "learning_rate=3e-3")
+# The demo's first vision stage: 300 steps at 3e-3 (the YAML's 1e-3). Measured from the demo's text model
+# on 8 x 8 frames: image understanding 1.00 after 300 steps (0.59 after 200 at the YAML's cosine end;
+# 0.91 after 300 steps of 4 rows) (BENCHMARKS.md, issue 17).
+VISION_1K = ("learning_rate=3e-3",)
 
 FULL = Plan(
     mode="full",

@@ -12,7 +12,7 @@ inputs/s, ETA every 5 s) and removes at the end.
 Records are the LWM JSONL lines of `docs/vocabulary.md`, as the vision stages read them (paper Sec. 4.2:
 image-text and video-text pairs in both orders, LWM's modality swap):
 
-    {"fields": ["[caption],vision", "[vision],caption"], "caption": "...", "vision": [F x 256 codes], "source": "..."}
+    {"fields": ["[caption],vision", "vision,caption"], "caption": "...", "vision": [F x 256 codes], "source": "..."}
 
 (`source` is provenance for `lwm-vision decode`; the loader ignores keys the spec does not name). With
 `--format arrayrecord` each line is tokenized here with the loader's own function, spec choice included
@@ -43,7 +43,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from data_loaders.lwm_format import example_from_line, parse_fields_spec
+from data_loaders.lwm_format import CAPTION_FIELDS, example_from_line, parse_fields_spec
 from data_loaders.pretokenized import encode_record
 from data_loaders.vocab import MultimodalVocab
 from lwm_plugin.beam_shards import (Progress, beam_options, completed_shards, done_path, mark_progress,
@@ -52,7 +52,7 @@ from lwm_plugin.vision import manifest as mf
 from lwm_plugin.vision import media
 
 FORMATS = ("jsonl", "arrayrecord")
-DEFAULT_FIELDS = ("[caption],vision", "[vision],caption")
+DEFAULT_FIELDS = CAPTION_FIELDS
 
 
 class Codec(Protocol):

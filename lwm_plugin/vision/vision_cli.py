@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from data_loaders.lwm_format import CAPTION_FIELDS
 from lwm_plugin.beam_cli import beam_args as checked_beam_args
 from lwm_plugin.model_source import UsageError
 
@@ -89,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--manifest", required=True, nargs="+", help="JSONL / CSV / Parquet manifests or WebDataset tars")
   p.add_argument("--output", required=True, help="output directory (local or any Beam file system path)")
   p.add_argument("--format", choices=("jsonl", "arrayrecord"), default="jsonl", help="record format")
-  p.add_argument("--fields", default="[caption],vision;[vision],caption",
-                 help="';'-separated LWM fields specs, one drawn per record (default: both orders)")
+  p.add_argument("--fields", default=";".join(CAPTION_FIELDS),
+                 help="';'-separated LWM fields specs, one drawn per record (default: both orders, the image "
+                      "first with loss on it too: data_loaders.lwm_format.CAPTION_FIELDS)")
   p.add_argument("--shard-size", type=_positive(int), default=1000, help="manifest rows per output shard")
   p.add_argument("--batch-size", type=_positive(int), default=16, help="inputs per VQGAN batch")
   p.add_argument("--tokenizer", default=None,
