@@ -54,7 +54,7 @@ NEEDLE_SEED = 20240208
 VISION_SEED = 20240209
 VISION_PROMPTS = {"fast": 4, "full": 32}  # held-out images (and captions) per vision task, by plan mode
 # The tiny vision stages train on the corpus's caption/vision lines (`[caption],vision`,
-# `[vision],caption`), not on chat turns, so the vision evaluation asks in that layout.
+# `vision,caption`), not on chat turns, so the vision evaluation asks in that layout.
 VISION_LAYOUT: vision_eval.Layout = "raw"
 VISION_CFG_SCALE = 3.0
 
