@@ -224,7 +224,7 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
 
   scores = {"correct": 0.5, "colour": 0.75, "shape": 0.5, "background": 0.25}
   vision = types.SimpleNamespace(understanding=scores, generation={**scores, "correct": 0.25}, prompts=4,
-                                 layout="raw", cfg_scale=3.0, seen_in_training=1, results=tmp_path / "vision.json",
+                                 layout="raw", cfg_scale=3.0, grid=8, seen_in_training=1, results=tmp_path / "vision.json",
                                  generation_png=tmp_path / "vision_generation.png",
                                  understanding_png=tmp_path / "vision_understanding.png", wall_s=12.0,
                                  to_json=lambda root: {"prompts": 4})
@@ -233,6 +233,7 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
                            machine="test", needle_model_size="2 layers, 64 wide", vision=vision)
   text = report.render(summary, tmp_path)
   assert "| image understanding (answer greedy, text ids) | 0.50 | 0.75 | 0.50 | 0.25 |" in text
+  assert "on the 8 × 8 code grid (LWM's VQGAN: 16 × 16)" in text
   assert "| text-to-image (greedy, guidance 3.0) | 0.25 | 0.75 |" in text
   assert "![generation](vision_generation.png)" in text and "1 of their captions also occur" in text
   doc = report.summary_json(summary, tmp_path)
