@@ -18,8 +18,9 @@ Every example starts with BOS (mask 0) and ends with EOS (mask 1), as in LWM.
 LWM's modality-order swap. `CAPTION_FIELDS`, `["[caption],vision", "vision,caption"]`, is the
 paper's (Sec. 3.2: swapping the order models "text-image generation, unconditional image generation,
 and image captioning"): text-to-image, or the image first with loss on it as well (what the
-`<s><vision>` branch of classifier-free guidance predicts) and then its caption; the reader passes the 0-based line index within the file, as LWM does, so the
-choice is deterministic and survives a resume. `FormatOptions.fields_index` fixes the choice.
+`<s><vision>` branch of classifier-free guidance predicts) and then its caption; the reader passes
+the 0-based line index within the file, as LWM does, so the choice is deterministic and survives a
+resume. `FormatOptions.fields_index` fixes the choice.
 
 A line with `"messages"` instead of `"fields"` is a chat example (`data_loaders.chat_template`).
 

@@ -1,8 +1,8 @@
 """A deterministic synthetic corpus in LWM's JSONL format: needles in haystacks, shapes and colours.
 
 Nothing is downloaded: text comes from a small grammar, images and videos from a renderer of
-coloured shapes on a square code grid (16 x 16 as LWM's VQGAN, or smaller for a tiny model). Everything is a pure function of a seed, so the demo and
-the tests see the same data on every machine.
+coloured shapes on a square code grid (16 x 16 as LWM's VQGAN, or smaller for a tiny model).
+Everything is a pure function of a seed, so the demo and the tests see the same data on every machine.
 
 * Text documents: filler sentences with planted facts in the paper's needle format,
   "The special magic {city} number is: {7 digits}." (LWM `eval_needle.py`), or its word form

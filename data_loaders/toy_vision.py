@@ -158,8 +158,8 @@ def _marks(cell: int) -> list[np.ndarray]:
 
 
 def grid_rgb(codes: Any, codebook_size: int, cell: int = 8) -> np.ndarray:
-  """uint8 [side cell, side cell, 3] for a side x side frame: each code's band colour, its texture as a mark (black on light
-  colours, white on dark ones) so a shape of the background's own colour still shows."""
+  """uint8 [side cell, side cell, 3] for a side x side frame: each code's band colour, its texture as a
+  mark (black on light colours, white on dark ones) so a shape of the background's own colour still shows."""
   band = colour_band(codebook_size)
   grid = _codes_grid(codes, codebook_size)
   marks = _marks(cell)

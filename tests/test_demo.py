@@ -224,7 +224,8 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
 
   scores = {"correct": 0.5, "colour": 0.75, "shape": 0.5, "background": 0.25}
   vision = types.SimpleNamespace(understanding=scores, generation={**scores, "correct": 0.25}, prompts=4,
-                                 layout="raw", cfg_scale=3.0, grid=8, seen_in_training=1, results=tmp_path / "vision.json",
+                                 layout="raw", cfg_scale=3.0, grid=8, seen_in_training=1,
+                                 results=tmp_path / "vision.json",
                                  generation_png=tmp_path / "vision_generation.png",
                                  understanding_png=tmp_path / "vision_understanding.png", wall_s=12.0,
                                  to_json=lambda root: {"prompts": 4})

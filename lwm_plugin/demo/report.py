@@ -115,8 +115,8 @@ def _vision_section(vision: Any, model: str, root: Path) -> list[str]:
           f"Model: {model} (the final stage), its last checkpoint. {vision.prompts} held-out images of the "
           f"demo's shapes-and-colours data, drawn by the corpus's generator from a seed stream its files never use "
           f"({vision.seen_in_training} of their captions also occur in the training images); prompts in {layout}. "
-          f"**The demo's images are a toy codebook, not VQGAN codes**: on the {vision.grid} × {vision.grid} code grid (LWM's "
-          "VQGAN: 16 × 16) each colour owns a band "
+          "**The demo's images are a toy codebook, not VQGAN codes**: on the "
+          f"{vision.grid} × {vision.grid} code grid (LWM's VQGAN: 16 × 16) each colour owns a band "
           "of codes and each shape a texture code inside it, so both directions are scored automatically "
           "(`data_loaders/toy_vision.py`). No trained VQGAN is available offline, so no real round trip through "
           "`lwm-vision` is shown (a randomly initialised one would show nothing).", "",
