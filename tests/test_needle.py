@@ -156,9 +156,13 @@ def test_word_needles_are_asked_and_scored_as_whole_words(corpus_vocab):
   assert word in sc.VALUE_WORDS and f"The special magic {trial.cities[0]} word is: {word}." in text
   assert text.endswith(f"What is the special magic {trial.cities[0]} word? ASSISTANT:")
   # A word counts only whole: "pear" is not in "pearl"; letters by position against the best word.
-  assert needle.score_answer("The special magic Oslo word is: pear.", ["pear"]) == 1.0
-  assert needle.score_answer("The special magic Oslo word is: pearl.", ["pear"]) == 0.0
-  assert needle.partial_credit("The special magic Oslo word is: peak.", ["Oslo"], ["pear"]) == (1.0, 0.75)
+  assert needle.score_answer("The special magic Oslo word is: pear.", ["pear"], "word") == 1.0
+  assert needle.score_answer("The special magic Oslo word is: pearl.", ["pear"], "word") == 0.0
+  assert needle.partial_credit("The special magic Oslo word is: peak.", ["Oslo"], ["pear"], "word") == (1.0, 0.75)
+  # the task's kind decides, not the values' look: a number needle's scoring is LWM's substring rule
+  assert needle.score_answer("pearl", ["pear"], "number") == 1.0
+  with pytest.raises(ValueError, match="needle value 'colour'"):
+    needle.score_answer("x", ["pear"], "colour")
   with pytest.raises(ValueError, match="needle value 'digits'"):
     needle.NeedleTask(1, 1, value="digits")
   with pytest.raises(ValueError, match="lwm prompt format"):

@@ -84,25 +84,28 @@ class Trial:
             "chars_right": self.chars_right}
 
 
-def _value_runs(response: str, values: Sequence[str]) -> list[str]:
-  """The response's digit runs for number values, its words for word values."""
-  return re.findall(r"\d+" if all(v.isdigit() for v in values) else r"[A-Za-z]+", response)
+def _value_runs(response: str, kind: str) -> list[str]:
+  """The response's digit runs for number needles, its words for word needles."""
+  return re.findall(r"\d+" if corpus.check_needle_value(kind) == "number" else r"[A-Za-z]+", response)
 
 
-def score_answer(response: str, values: Sequence[str]) -> float:
+def score_answer(response: str, values: Sequence[str], kind: str = "number") -> float:
   """Fraction of the asked values the response contains: a number as a substring (LWM's rule), a word
-  as a whole word (so "pear" is not found in "pearl")."""
-  runs = set(_value_runs(response, values))
-  return sum((v in response) if v.isdigit() else (v in runs) for v in values) / len(values)
+  as a whole word (so "pear" is not found in "pearl"); `kind` is the task's needle value."""
+  if corpus.check_needle_value(kind) == "number":
+    return sum(v in response for v in values) / len(values)
+  words = set(_value_runs(response, kind))
+  return sum(v in words for v in values) / len(values)
 
 
-def partial_credit(response: str, cities: Sequence[str], values: Sequence[str]) -> tuple[float, float]:
+def partial_credit(response: str, cities: Sequence[str], values: Sequence[str],
+                   kind: str = "number") -> tuple[float, float]:
   """(fraction of the asked cities the response names, fraction of the asked values' characters it gets
   right). A value's characters (a number's digits, a word's letters) are compared position by position
   with the best-matching run of the response (for numbers, chance is 0.1). Diagnostics for models below
   LWM's all-or-nothing score: they show whether a model names the asked fact and copies part of its value.
   """
-  runs = _value_runs(response, values)
+  runs = _value_runs(response, kind)
   named = sum(city in response for city in cities) / len(cities)
   chars = [max((sum(a == b for a, b in zip(run, value)) / len(value) for run in runs), default=0.0)
            for value in values]
@@ -291,8 +294,8 @@ def run_grid(trials: list[Trial], generate: Callable[[list[np.ndarray], int], li
     by_length.setdefault(t.context_length, []).append(t)
   for group in by_length.values():
     for trial, text in zip(group, generate([t.tokens for t in group], answer_budget(task))):
-      trial.response, trial.score = text, score_answer(text, trial.values)
-      trial.city_named, trial.chars_right = partial_credit(text, trial.cities, trial.values)
+      trial.response, trial.score = text, score_answer(text, trial.values, task.value)
+      trial.city_named, trial.chars_right = partial_credit(text, trial.cities, trial.values, task.value)
 
 
 def accuracy_table(trials: Sequence[Trial], field: str = "score") -> tuple[list[int], list[float], np.ndarray]:
