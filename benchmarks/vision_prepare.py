@@ -29,6 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_loaders.lwm_format import CAPTION_FIELDS  # noqa: E402
 from lwm_plugin.vision import media  # noqa: E402
 from lwm_plugin.vision.commands import VQGANFactory  # noqa: E402
 from lwm_plugin.vision.prepare import PrepareOptions, prepare  # noqa: E402
@@ -73,7 +74,7 @@ def in_process(codec, paths: list[Path], batch_size: int) -> dict[str, float]:
   t = time.perf_counter()
   with tempfile.TemporaryFile("w") as f:
     for p, c in zip(paths, codes):
-      f.write(json.dumps({"fields": ["[caption],vision", "[vision],caption"], "caption": p.stem,
+      f.write(json.dumps({"fields": list(CAPTION_FIELDS), "caption": p.stem,
                           "vision": c.reshape(-1).tolist(), "source": str(p)}) + "\n")
   write_s = (time.perf_counter() - t) / len(paths)
   return {"read_decode_resize_s": read_s, "encode_s": encode_s, "write_s": write_s,
