@@ -30,8 +30,8 @@ SPEC = CorpusSpec(seed=0, text_documents=60, document_sentences=(3, 40), short_d
                   retrieval_chats=60, images=120, videos=40, video_frames=4, codebook_size=CODEBOOK)
 # The demo's toy frames: 8 x 8 codes (LWM's VQGAN: 16 x 16), so that an image-caption example is about
 # 80 tokens instead of 270 and the tiny vision stages see 3x more of them per step: a reference of the
-# tiny model learns both directions in about 300 steps of 8x8 frames, 16x16 ones need about 900
-# (BENCHMARKS.md, issue 17). The demo sets every stage's lwm_tokens_per_frame to match.
+# tiny model learns both directions in about 300 steps of 8x8 frames, but not reliably in 1,200 steps of
+# 16x16 ones (BENCHMARKS.md, issue 17). The demo sets every stage's lwm_tokens_per_frame to match.
 DEMO_GRID = 8
 # The full demo's corpus (`make demo`): word needles (one tokenizer piece per value, see
 # synthetic_corpus.VALUE_WORDS), dense facts (one per 4 sentences) recalled as question + answer,

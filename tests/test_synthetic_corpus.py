@@ -149,8 +149,8 @@ def test_both_modality_orders_and_the_image_first_order_trains_the_image(corpus_
     ex = example_from_line(line, vocab, options=FormatOptions(fields_index=index))
     vision, loss = np.asarray(ex["is_vision"], bool), np.asarray(ex["loss_mask"], bool)
     assert vision.sum() == 64 + 1 and loss[vision].all()  # 64 codes + eov, all with loss in both orders
-    text_loss = loss & ~vision
-    # the caption's tokens have loss only when it comes after the image
     start = next(i for i in range(len(ex["tokens"])) if list(ex["tokens"][i:i + len(caption_ids)]) == caption_ids)
-    assert loss[start:start + len(caption_ids)].all() == image_first
-    assert text_loss.sum() > 0
+    if image_first:  # every token after <s> trains: the image (unconditional), then the caption
+      assert start > 64 and not loss[0] and loss[1:].all()
+    else:            # <s> and the caption are the prompt: nothing before the image trains
+      assert start == 1 and not loss[:start + len(caption_ids)].any()
