@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers.vocab_rows import assert_drawn_from
 
 from conversion import extend_vocab, names
 from conversion.orbax_params import ParamsReader, ParamsWriter
@@ -32,26 +33,36 @@ def _write(path, spec: ModelSpec, scanned: bool, dtype=np.float32, poison=None) 
   return leaves
 
 
+def _shift_and_scale(leaves):
+  """Vocabulary tables whose dimensions each have their own mean and spread (standard normal is too easy)."""
+  for path, x in leaves.items():
+    if path[-1] in ("embedding", "kernel") and x.ndim == 2 and max(x.shape) >= 32000:
+      axis = 0 if x.shape[0] >= 32000 else 1              # the id axis: rows of [V, E], columns of [E, V]
+      e = x.shape[1 - axis]
+      shape = (1, e) if axis == 0 else (e, 1)
+      leaves[path] = (x * np.linspace(0.5, 4.0, e).reshape(shape) + np.arange(e).reshape(shape)).astype(x.dtype)
+
+
 @pytest.mark.parametrize("scanned", [True, False])
-def test_new_rows_are_the_mean_text_row_and_everything_else_is_copied(tmp_path, vocab, scanned):
-  text = _write(tmp_path / "text", _spec(vocab.text_size, scanned), scanned)
+def test_new_rows_are_drawn_around_the_text_rows_and_everything_else_is_copied(tmp_path, vocab, scanned):
+  text = _write(tmp_path / "text", _spec(vocab.text_size, scanned), scanned, poison=_shift_and_scale)
   spec = _spec(vocab.size, scanned)
   extend_vocab.convert(spec, tmp_path / "text" / "0" / "items", tmp_path / "mm", vocab=vocab, progress=False)
-  reader = ParamsReader(tmp_path / "mm" / "0" / "items")
+  extend_vocab.convert(spec, tmp_path / "text" / "0" / "items", tmp_path / "again", vocab=vocab, progress=False)
+  reader, again = ParamsReader(tmp_path / "mm" / "0" / "items"), ParamsReader(tmp_path / "again" / "0" / "items")
   assert set(reader.shapes()) == set(text)
   embed = ("token_embedder", "embedding")
   head = [p for p in text if p[-2:] == ("logits_dense", "kernel")][0]
   for path, before in text.items():
     after = reader.read(path)
     assert after.dtype == before.dtype
+    np.testing.assert_array_equal(again.read(path), after)   # the same rows every time
     if path == embed:      # [V, E]: rows are ids
       np.testing.assert_array_equal(after[:vocab.text_size], before)
-      np.testing.assert_allclose(after[vocab.text_size:], np.broadcast_to(before.astype(np.float64).mean(0), (vocab.size - vocab.text_size,
-                                                                                          before.shape[1])), rtol=1e-6)
+      assert_drawn_from(after[vocab.text_size:], before)
     elif path == head:     # [E, V]: columns are ids
       np.testing.assert_array_equal(after[:, :vocab.text_size], before)
-      np.testing.assert_allclose(after[:, vocab.text_size:], np.broadcast_to(
-          before.astype(np.float64).mean(1, keepdims=True), (before.shape[0], vocab.size - vocab.text_size)), rtol=1e-6)
+      assert_drawn_from(after[:, vocab.text_size:].T, before.T)
     else:
       np.testing.assert_array_equal(after, before)
 

@@ -88,6 +88,22 @@ def test_interleaved_rope_permutation_keeps_attention_scores():
     assert np.abs(wrong - meta).max() > 1e-2  # the permutation matters
 
 
+def test_grow_rows_draws_new_rows_around_the_mean_at_the_tables_scale():
+  shift, scale = np.array([5.0, -2.0, 0.0, 1.0]), np.array([3.0, 0.5, 1.0, 10.0])
+  table = (np.random.default_rng(3).standard_normal((400, 4)) * scale + shift).astype(np.float32)
+  out = hooks.grow_rows(table, 400 + 20_000, seed=7)
+  np.testing.assert_array_equal(out[:400], table)
+  new = out[400:].astype(np.float64)
+  mean, sd = table.astype(np.float64).mean(0), table.astype(np.float64).std(0)
+  np.testing.assert_allclose(new.mean(0), mean, atol=0.05 * sd.max())   # 20,000 draws: sd/141 per dim
+  np.testing.assert_allclose(new.std(0), sd, rtol=0.03)
+  assert len(np.unique(new, axis=0)) == 20_000                            # every new id its own row
+  np.testing.assert_array_equal(hooks.grow_rows(table, 20_400, seed=7), out)   # reproducible
+  assert not np.array_equal(hooks.grow_rows(table, 20_400, seed=8)[400:], out[400:])
+  with pytest.raises(ValueError, match="more than"):
+    hooks.grow_rows(table, 399, seed=7)
+
+
 def test_concat_rows_pads_with_the_mean_row():
   a, b = _rand(5, 3), _rand(2, 3)
   out = hooks.concat_rows([a, b], 10)

@@ -260,15 +260,13 @@ def test_tiny_chain_runs_a_text_stage_then_a_vision_stage_from_its_extended_chec
                        devices=4, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-4000:]
   first = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "learning/loss" in r][0]
-  # Every new row is the mean text row, so the first step sees uniform vision logits: the per-modality
-  # vision loss is exactly ln(vision rows) = ln(64 codes + 256) (a random head is far from uniform).
-  assert first["lwm/vision_loss"] == pytest.approx(math.log(64 + 256), abs=1e-4)
   # The text part starts from the text stage: the same first batch from fresh weights has a higher text
   # loss (the batch's text includes the image lines' `<vision>` marker pieces, which the text stage never
-  # saw, so an absolute bound such as ln 1024 would not tell the two apart).
+  # saw, so an absolute bound such as ln 1024 would not tell the two apart). The new vision rows are
+  # random draws (`hooks.grow_rows`, tested with the converters), so the vision loss has no exact value.
   proc = run_lwm_train(["tiny_vision_1k.yml", *common, "steps=1", "load_parameters_path=\"\"", "run_name=fresh",
                         f"metrics_file={tmp_path}/fresh.jsonl"], devices=4, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-4000:]
   fresh = [r for r in read_metrics(tmp_path / "fresh.jsonl") if "learning/loss" in r][0]
-  assert fresh["lwm/vision_loss"] != pytest.approx(math.log(64 + 256), abs=1e-2)
+  assert math.isfinite(first["lwm/vision_loss"]), first
   assert first["lwm/text_loss"] < fresh["lwm/text_loss"] - 0.25, (first, fresh)
