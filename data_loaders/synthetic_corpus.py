@@ -50,9 +50,14 @@ _VERBS = ("walked past", "looked at", "waited near", "talked about", "painted", 
           "carried", "noticed", "visited", "forgot", "described")
 _OBJECTS = ("the green hills", "a wooden bridge", "the empty square", "an open window", "the long road",
             "a field of wheat", "the harbour", "a broken clock", "the evening sky", "a stone wall",
-            "the crowded street", "a letter")
+            "the crowded street", "a letter",
+            # the words of the pictures' captions, so that the text stages already know them (as a
+            # pretrained LLM knows the words LWM's captions use)
+            "a red circle", "the green triangle", "a blue cross", "the yellow square", "a white kite",
+            "the black cross", "a purple circle", "the orange triangle", "a red square on a black background")
 _ENDINGS = ("before noon", "in the rain", "without a word", "for a while", "once again", "at dusk",
-            "with some care", "after lunch", "as usual", "in silence")
+            "with some care", "after lunch", "as usual", "in silence",
+            "at the top left", "at the top right", "at the bottom left", "at the bottom right")
 
 COLOURS = ("red", "green", "blue", "yellow", "white", "black", "purple", "orange")
 SHAPES = ("square", "circle", "triangle", "cross")
