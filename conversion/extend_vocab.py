@@ -7,8 +7,8 @@ embedding and output head have the 32000 text rows, becomes a params-only checkp
 The new rows follow exactly `from-hf --extend-vocab`'s rule (`from_hf.py` explains it: each new
 row is the mean text row plus noise at the text rows' spread, `hooks.grow_rows`, seeded by the
 tensor's name), because the same code grows them: every vocabulary leaf goes through its Hugging
-Face view (`hook.to_hf` of the text-size table), `hooks.grow_rows` and back (`hook.from_hf` of the multimodal table). Every other leaf is copied unchanged, in its
-stored dtype (training checkpoints are float32). One leaf is in memory at a time; the output is
+Face view (`hook.to_hf` of the text-size table), `hooks.grow_rows` and back (`hook.from_hf` of
+the multimodal table). Every other leaf is copied unchanged, in its stored dtype (training checkpoints are float32). One leaf is in memory at a time; the output is
 written into a temporary directory and renamed into place at the end.
 """
 
@@ -57,7 +57,8 @@ def convert(spec: ModelSpec, checkpoint: str | os.PathLike, output: str | os.Pat
     raise ConversionError(f"{where}: already has the multimodal vocabulary ({spec.V} ids); load it as it is")
   ledger = names.Ledger({"/".join(p): s for p, s in shapes.items()}, where)
   ledger.check_all_present({"/".join(r.mt_path): r.leaf_shape for r in src_rules})
-  log.info("extending the vocabulary from %d to %d ids (new rows: the text rows' mean + noise at their spread)", vocab.text_size, spec.V)
+  log.info("extending the vocabulary from %d to %d ids (new rows: the text rows' mean + noise at their spread)",
+           vocab.text_size, spec.V)
   with atomic.output_dir(output) as tmp:
     writer = ParamsWriter(tmp / "0", scanned)
     for src, dst in tqdm(list(zip(src_rules, dst_rules, strict=True)), unit="leaf", desc="extend-vocab",

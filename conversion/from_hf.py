@@ -139,7 +139,8 @@ def convert(spec: ModelSpec, hf_dir: str | os.PathLike, output: str | os.PathLik
   source_rows = check_hf_config(read_hf_config(hf_dir), spec, str(hf_dir / "config.json"))
   check_extension(vocab, source_rows, spec, extend_vocab, str(hf_dir))
   if extend_vocab:
-    log.info("extending the vocabulary from %d to %d ids (new rows: the text rows' mean + noise at their spread)", source_rows, spec.V)
+    log.info("extending the vocabulary from %d to %d ids (new rows: the text rows' mean + noise at their spread)",
+             source_rows, spec.V)
   source = open_weights(hf_dir)
   if spec.tie_embeddings and VOCAB_TENSORS[1] in source.shapes():
     source = _WithoutTiedHead(source, str(hf_dir))

@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
   common(p, "", "parameter dtype (default: the config's weight_dtype)")
   p.add_argument("--hf", required=True, help="Hugging Face model directory (config.json + safetensors)")
   p.add_argument("--extend-vocab", action="store_true",
-                 help="grow embeddings and head from the text to the multimodal vocabulary (new rows: the mean row plus noise at the text rows' spread)")
+                 help="grow embeddings and head from the text to the multimodal vocabulary "
+                      "(new rows: the mean row plus noise at the text rows' spread)")
 
   p = sub.add_parser("from-lwm", help="released LWM/EasyLM Jax params file -> MaxText Orbax checkpoint")
   common(p, "", "parameter dtype (default: the config's weight_dtype)")
