@@ -8,8 +8,9 @@ The new rows follow exactly `from-hf --extend-vocab`'s rule (`from_hf.py` explai
 row is the mean text row plus noise at the text rows' spread, `hooks.grow_rows`, seeded by the
 tensor's name), because the same code grows them: every vocabulary leaf goes through its Hugging
 Face view (`hook.to_hf` of the text-size table), `hooks.grow_rows` and back (`hook.from_hf` of
-the multimodal table). Every other leaf is copied unchanged, in its stored dtype (training checkpoints are float32). One leaf is in memory at a time; the output is
-written into a temporary directory and renamed into place at the end.
+the multimodal table). Every other leaf is copied unchanged, in its stored dtype (training
+checkpoints are float32). One leaf is in memory at a time; the output is written into a temporary
+directory and renamed into place at the end.
 """
 
 from __future__ import annotations
