@@ -73,8 +73,8 @@ class Plan:
 
 # The demo's first vision stage: 300 steps at 3e-3 (the YAML's 1e-3). Measured from the demo's text model
 # on 8 x 8 frames of every scene: image understanding 1.00 after 300 steps (0.59 after 200 at the YAML's
-# cosine end; 0.91 after 300 steps of 4 rows); the whole demo scores 0.81 on held-out scenes
-# (BENCHMARKS.md, issue 17).
+# cosine end; 0.91 after 300 steps of 4 rows); the whole demo scores 1.00 on held-out scenes since the
+# extended vocabulary's new rows are drawn around the text rows (0.81 with mean rows; BENCHMARKS.md, issue 17).
 VISION_1K = ("learning_rate=3e-3",)
 
 FULL = Plan(
