@@ -170,10 +170,8 @@ def _resolved(config_file: str, items: Path, overrides: Sequence[str], rows: int
   total, prompt = cache_split(config_file, [*overrides, f"max_target_length={PROMPT_TOKENS + frame_new}"],
                               max(frame_new, ANSWER_TOKENS))
   per_device = math.ceil(rows / jax.device_count())
-  config = inference.load_config(["lwm-demo-vision", config_file, "run_name=lwm_demo_vision",
-                                  "enable_checkpointing=false", f"load_parameters_path={items}", *overrides,
-                                  f"per_device_batch_size={per_device}", f"max_target_length={total}",
-                                  f"max_prefill_predict_length={prompt}"])
+  config = inference.decode_config("lwm-demo-vision", config_file, items, overrides, total=total, prompt=prompt,
+                                   extra=[f"per_device_batch_size={per_device}"])
   return config, frame_new
 
 

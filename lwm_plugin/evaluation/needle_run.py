@@ -114,11 +114,9 @@ def prepare_needle(config_file: str, model: str, overrides: Sequence[str], *, co
     raise UsageError(f"--haystack {haystack}: no such file")
   context_lengths, max_target_length = _fit_lengths(config_file, overrides, context_lengths, tasks)
   checkpoint = imported_items(out / "hf_import") if located.is_hf else located.path
-  config = inference.load_config(["lwm-eval", config_file, "run_name=lwm_eval", "enable_checkpointing=false",
-                                  f"load_parameters_path={checkpoint}", *overrides,
-                                  f"max_target_length={max_target_length}",
-                                  # the KV cache: prompts up to here, the answer budget after
-                                  f"max_prefill_predict_length={max_target_length - _budget(tasks)}"])
+  # the KV cache: prompts up to max_target_length minus the answer budget, the answer after
+  config = inference.decode_config("lwm-eval", config_file, checkpoint, overrides, total=max_target_length,
+                                   prompt=max_target_length - _budget(tasks))
   vocab, _ = model_vocab(config)  # a text or a multimodal model; any other size is an error
   filler = needle.read_haystack(haystack, vocab) if haystack is not None else needle.Haystack()
   grids = [needle.build_grid(vocab, task, context_lengths, depths, rounds, seed, haystack=filler,

@@ -149,9 +149,8 @@ def prepare(request: GenerateRequest) -> Prepared:
   if request.model.is_hf and import_dir is None:
     import_dir, temporary = Path(tempfile.gettempdir()) / f"lwm-generate-{uuid.uuid4().hex}", True
   items = imported_items(import_dir) if request.model.is_hf else request.model.path
-  config = inference.load_config(["lwm-generate", request.config_file, "run_name=lwm_generate",
-                                  "enable_checkpointing=false", f"load_parameters_path={items}", *request.overrides,
-                                  f"max_target_length={total}", f"max_prefill_predict_length={max_prompt}"])
+  config = inference.decode_config("lwm-generate", request.config_file, items, request.overrides, total=total,
+                                   prompt=max_prompt)
   vocab, is_text_model = model_vocab(config)
   codec = None if request.vqgan is None else _load_vqgan(request.vqgan)
   prompts, labels = _prompt_ids(request, vocab, is_text_model, codec)

@@ -74,9 +74,8 @@ class DecoderGenerator:
       items = (checkpoints.import_for_inference(config_file, source, scratch / "import", overrides=spec.overrides)
                if scratch is not None else source.path)
       integration.install()
-      config = inference.load_config(["lwm-make-qa", config_file, "run_name=lwm_make_qa", "enable_checkpointing=false",
-                                      f"load_parameters_path={items}", *spec.overrides, f"max_target_length={total}",
-                                      f"max_prefill_predict_length={max_prompt}"])
+      config = inference.decode_config("lwm-make-qa", config_file, items, spec.overrides, total=total,
+                                       prompt=max_prompt)
       vocab, _ = model_vocab(config)
       decoder = inference.CachedDecoder(config)  # the weights are in memory from here on
     finally:
