@@ -9,6 +9,7 @@ from helpers.toy_decoder import ToyDecoder
 
 from data_loaders import vision_prompts as vp
 from lwm_plugin.generation import engine, loop
+from lwm_plugin.integration import inference
 from lwm_plugin.generation.request import GenerateRequest
 from lwm_plugin.model_source import ModelSource
 
@@ -67,3 +68,14 @@ def test_results_and_codes_files(corpus_vocab, tmp_path):
   assert json.loads((tmp_path / "r.json").read_text()) == {"results": [{
       "prompt_ids": [1, 5, 6], "new_ids": new_ids.tolist(), "text": None,
       "timing": {"prefill_s": 0.5, "decode_s": 1.5, "new_tokens": 514}}]}
+
+
+def test_decode_config_names_the_weights_the_cache_split_and_no_checkpointing(monkeypatch):
+  seen = []
+  monkeypatch.setattr(inference, "load_config", lambda argv: seen.append(list(argv)) or "config")
+  assert inference.decode_config("lwm-demo-vision", "tiny.yml", "/ckpt/9/items", ["dtype=float32"], total=600,
+                                 prompt=512, extra=["per_device_batch_size=2"]) == "config"
+  # the cache keys come last, after the caller's overrides
+  assert seen == [["lwm-demo-vision", "tiny.yml", "run_name=lwm_demo_vision", "enable_checkpointing=false",
+                   "load_parameters_path=/ckpt/9/items", "dtype=float32", "per_device_batch_size=2",
+                   "max_target_length=600", "max_prefill_predict_length=512"]]
