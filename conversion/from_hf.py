@@ -14,10 +14,8 @@ padding rows) start as the mean of the existing text rows plus Gaussian noise wi
 per-dimension spread (`hooks.grow_rows`, seeded by the tensor's name: reproducible). The mean keeps
 new rows inside the distribution the network has seen and starts the new ids near the average text
 logit (Hewitt, "Initializing New Word Embeddings for Pretrained Language Models", 2021, and
-transformers' `mean_resizing`, whose noise is 1e-9 of the covariance). The noise is at full scale
-because identical rows were measured to be a problem: in the tiny demo chain the mean row's norm was
-0.19 against 5.4 for a text row, and a vision stage started from such rows predicted the background
-code of a generated frame at 0.55 after 300 steps, against 1.00 from rows with this noise (issue 17).
+transformers' `mean_resizing`, whose noise is 1e-9 of the covariance); why the noise is at full
+scale, measured: `hooks.grow_rows`.
 
 `write_maxtext` is the shared back half of `from-hf` and `from-lwm`: any source that presents
 tensors under Hugging Face names and layouts can be written as a MaxText checkpoint.

@@ -73,8 +73,8 @@ def test_results_and_codes_files(corpus_vocab, tmp_path):
 def test_decode_config_names_the_weights_the_cache_split_and_no_checkpointing(monkeypatch):
   seen = []
   monkeypatch.setattr(inference, "load_config", lambda argv: seen.append(list(argv)) or "config")
-  assert inference.decode_config("lwm-demo-vision", "tiny.yml", "/ckpt/9/items", ["dtype=float32"], total=600,
-                                 prompt=512, extra=["per_device_batch_size=2"]) == "config"
+  assert inference.decode_config("lwm-demo-vision", "tiny.yml", "/ckpt/9/items",
+                                 ["dtype=float32", "per_device_batch_size=2"], total=600, prompt=512) == "config"
   # the cache keys come last, after the caller's overrides
   assert seen == [["lwm-demo-vision", "tiny.yml", "run_name=lwm_demo_vision", "enable_checkpointing=false",
                    "load_parameters_path=/ckpt/9/items", "dtype=float32", "per_device_batch_size=2",

@@ -170,8 +170,8 @@ def _resolved(config_file: str, items: Path, overrides: Sequence[str], rows: int
   total, prompt = cache_split(config_file, [*overrides, f"max_target_length={PROMPT_TOKENS + frame_new}"],
                               max(frame_new, ANSWER_TOKENS))
   per_device = math.ceil(rows / jax.device_count())
-  config = inference.decode_config("lwm-demo-vision", config_file, items, overrides, total=total, prompt=prompt,
-                                   extra=[f"per_device_batch_size={per_device}"])
+  config = inference.decode_config("lwm-demo-vision", config_file, items,
+                                   [*overrides, f"per_device_batch_size={per_device}"], total=total, prompt=prompt)
   return config, frame_new
 
 

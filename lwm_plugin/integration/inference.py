@@ -43,14 +43,13 @@ def load_config(argv: Sequence[str]) -> Any:
   return pyconfig.HyperParameters(integration.resolve_config(argv))
 
 
-def decode_config(prog: str, config_file: str, items: Any, overrides: Sequence[str], *, total: int, prompt: int,
-                  extra: Sequence[str] = ()) -> Any:
-  """The config of a decoding run: `config_file` with `overrides` (then `extra`), the weights at `items`
-  (a checkpoint's .../<step>/items), no checkpointing, run name `prog` in snake case, and a KV cache of
-  `total` tokens of which the first `prompt` hold the prompt (MaxText's max_target_length and
-  max_prefill_predict_length)."""
+def decode_config(prog: str, config_file: str, items: Any, overrides: Sequence[str], *, total: int,
+                  prompt: int) -> Any:
+  """The config of a decoding run: `config_file` with `overrides`, the weights at `items` (a checkpoint's
+  .../<step>/items), no checkpointing, run name `prog` in snake case, and a KV cache of `total` tokens of
+  which the first `prompt` hold the prompt (MaxText's max_target_length and max_prefill_predict_length)."""
   return load_config([prog, config_file, f"run_name={prog.replace('-', '_')}", "enable_checkpointing=false",
-                      f"load_parameters_path={items}", *overrides, *extra, f"max_target_length={total}",
+                      f"load_parameters_path={items}", *overrides, f"max_target_length={total}",
                       f"max_prefill_predict_length={prompt}"])
 
 
