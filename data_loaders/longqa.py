@@ -179,9 +179,14 @@ def load_template(path: str | Path) -> str:
   return check_template(text, f"prompt template {str(path)!r}")
 
 
+def paragraph_prompt(paragraph: str, template: str = DEFAULT_TEMPLATE) -> str:
+  """The user content that asks the generator for one QA pair about `paragraph`."""
+  return check_template(template).replace(PLACEHOLDER, paragraph.strip())
+
+
 def chunk_prompt(chunk: Chunk, template: str = DEFAULT_TEMPLATE) -> str:
   """The user content that asks the generator for one QA pair about `chunk`."""
-  return check_template(template).replace(PLACEHOLDER, chunk.text.strip())
+  return paragraph_prompt(chunk.text, template)
 
 
 def _words(text: str) -> str:

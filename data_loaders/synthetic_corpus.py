@@ -12,6 +12,9 @@ Everything is a pure function of a seed, so the demo and the tests see the same 
 * Retrieval chats: a document with needles plus a question in the chat template
   (`data_loaders.chat_template`), the answer being the number(s): the long-context QA of the chat
   stages, single-needle and multi-needle (N facts in the context, R asked; paper Table 3).
+* QA-writing chats: lwm-make-qa's prompt around a paragraph with a fact, answered by one question
+  and its answer about the fact (`qa_writing_chat`): the task of the chat model that writes the
+  chat stages' long-context QA data (paper Sec. 3.3); and books with facts for it (`needle_book`).
 * Images and videos whose codes are predictable from the caption: each colour owns a band of
   codes and each shape a texture pattern inside it, so "a red circle at the top left on a blue
   background" determines the frame up to the texture. Videos move the shape a fixed number of
@@ -33,6 +36,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from data_loaders import longqa
 from data_loaders.atomic_file import atomic_path
 from data_loaders.lwm_format import CAPTION_FIELDS
 
@@ -201,6 +205,34 @@ def retrieval_chat(rng: np.random.Generator, n_sentences: int, n_needles: int, n
   return {"messages": messages}
 
 
+def qa_writing_chat(rng: np.random.Generator, n_sentences: int, n_needles: int, kind: str = "number",
+                    template: str = longqa.DEFAULT_TEMPLATE) -> dict[str, Any]:
+  """A chat example that teaches writing QA data (`lwm-make-qa`'s generator task, paper Sec. 3.3): the user
+  turn is `template` (lwm-make-qa's prompt) around a paragraph with `n_needles` facts, the answer one
+  question-answer pair about one of them, in the form `longqa.parse_qa` reads:
+
+      Question: What is the special magic Oslo word?
+      Answer: The special magic Oslo word is: otter.
+
+  The answer is the retrieval chats' answer (the needle sentence), so the long-context examples that
+  lwm-make-qa assembles from these pairs ask and answer as the corpus's retrieval chats do.
+  """
+  needles = random_needles(rng, n_needles, kind=kind)
+  asked = needles[int(rng.integers(n_needles))]
+  paragraph = plant(filler_sentences(rng, n_sentences), needles)
+  answer = f"Question: {needle_question([asked.city], kind)}\nAnswer: {asked.sentence}"
+  return {"messages": [{"role": "user", "content": longqa.paragraph_prompt(paragraph, template)},
+                       {"role": "assistant", "content": answer}]}
+
+
+def needle_book(rng: np.random.Generator, book_id: str, n_sentences: int, sentences_per_needle: int,
+                kind: str = "number") -> dict[str, Any]:
+  """A book for `lwm-make-qa` (`{"id", "text"}`): filler with one fact per `sentences_per_needle` sentences
+  at random depths (distinct cities, so at most len(CITIES) facts), the facts its QA pairs can ask about."""
+  count = max(1, min(len(CITIES), n_sentences // sentences_per_needle))
+  return {"id": book_id, "text": plant(filler_sentences(rng, n_sentences), random_needles(rng, count, kind=kind))}
+
+
 def drill_words() -> tuple[str, ...]:
   """The words of the copy drills: every word the corpus's text uses (filler, cities, needle values, captions)."""
   parts = (_SUBJECTS, _VERBS, _OBJECTS, _ENDINGS, COLOURS, SHAPES, tuple(_PLACES), tuple(_MOVES))
@@ -343,6 +375,8 @@ class CorpusSpec:
   drill_repeats: int = 8             # runs per drill
   retrieval_chats: int = 400
   chat_needles: tuple[int, ...] = (1, 2, 4)  # N facts per context; R asked is 1 or 2 (at most N)
+  qa_writing_chats: int = 0          # QA-writing chats (`qa_writing_chat`), written to qa_writing.jsonl
+  qa_writing_sentences: tuple[int, int] = (4, 24)  # sentences per paragraph (1 or 2 facts in it)
   images: int = 400
   videos: int = 100
   video_frames: int = 4
@@ -361,7 +395,8 @@ class CorpusSpec:
 
 def generate_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec()) -> dict[str, Path]:
   """Writes `text.jsonl`, `retrieval_chat.jsonl`, `image.jsonl`, `video.jsonl` (and `text_short.jsonl`,
-  `copy_drill.jsonl` when `spec.short_documents`, `spec.copy_drills`) under `out_dir`.
+  `qa_writing.jsonl`, `copy_drill.jsonl` when `spec.short_documents`, `spec.qa_writing_chats`,
+  `spec.copy_drills`) under `out_dir`.
 
   Each file has its own random stream (seeded from `spec.seed` and the file's name), so changing
   one count does not change the other files.
@@ -406,6 +441,11 @@ def generate_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec())
   files = [("text", text), ("retrieval_chat", chats), ("image", images), ("video", videos)]
   if spec.short_documents:
     files.append(("text_short", short))
+  if spec.qa_writing_chats:
+    r = rng_for("qa_writing")
+    lo_q, hi_q = spec.qa_writing_sentences
+    files.append(("qa_writing", [qa_writing_chat(r, int(r.integers(lo_q, hi_q + 1)), int(r.integers(1, 3)),
+                                                 spec.needle_value) for _ in range(spec.qa_writing_chats)]))
   if spec.copy_drills:
     r = rng_for("copy_drill")
     files.append(("copy_drill", [copy_drill(r, spec.drill_words, spec.drill_repeats) for _ in range(spec.copy_drills)]))

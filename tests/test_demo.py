@@ -64,12 +64,16 @@ def test_fast_demo_end_to_end(tmp_path):
   _check_summary(json.loads((out / "summary.json").read_text()), plan, out)
   assert "## Vision: understanding and generation" in report and "toy codebook, not VQGAN codes" in report
   assert "vision_generation.png" in report and "vision_understanding.png" in report
+  assert "## Long-context QA data (`lwm-make-qa`)" in report and "Every example was read back by the loader" in report
+  books = (out / "longqa_books.jsonl").read_text().splitlines()
+  assert len(books) == len(plan.qa.book_sentences) and (out / "longqa" / "make_qa.json").is_file()
 
 
 def _check_summary(summary, plan, out):
   """summary.json's structure (not its accuracies): phases, one entry per stage, grids lengths x depths, vision."""
   assert summary["mode"] == plan.mode and summary["wall_s"] > 0
-  assert {f"train {s.name}" for s in plan.stages} | {"data", "needle evaluation", "vision evaluation"} <= set(
+  assert {f"train {s.name}" for s in plan.stages} | {"data", "needle evaluation", "long-context QA data",
+                                                      "vision evaluation"} <= set(
       summary["phases_s"]) and all(v >= 0 for v in summary["phases_s"].values())
   assert [s["name"] for s in summary["stages"]] == [s.name for s in plan.stages]
   for entry, stage in zip(summary["stages"], plan.stages):
@@ -82,6 +86,10 @@ def _check_summary(summary, plan, out):
       grid = task[field]
       assert len(grid) == len(plan.grid.depths) and all(len(row) == len(plan.grid.context_lengths) for row in grid)
       assert all(0.0 <= x <= 1.0 for row in grid for x in row)
+  qa = summary["longqa"]  # the fast plan asks once per chunk (no retries): a chunk is a QA pair or a reject
+  assert qa["books"] == len(plan.qa.book_sentences) and qa["chunks"] >= 1
+  assert qa["qa_pairs"] + qa["rejects"] == qa["chunks"] and set(qa["examples"]) == {str(n) for n in plan.qa.lengths}
+  assert 0 <= qa["grounded"] <= qa["pairs_used"] <= qa["qa_pairs"] and qa["output"] == "longqa"
   vision = summary["vision"]
   assert vision["prompts"] >= 1 and vision["layout"] in ("chat", "raw")
   for task in ("understanding", "generation"):
@@ -117,8 +125,7 @@ def test_plans_chain_shipped_configs(plan):
 def test_plan_rejects_a_stage_that_starts_from_a_later_one():
   with pytest.raises(ValueError, match="initialises from 'b'"):
     stages = (demo_plan.Stage("a.yml", 1, init="b"), demo_plan.Stage("b.yml", 1))
-    demo_plan.Plan("x", demo_plan.FAST.corpus, stages, "a",
-                   demo_plan.FAST.grid)
+    demo_plan.Plan("x", demo_plan.FAST.corpus, stages, "a", demo_plan.FAST.grid, demo_plan.FAST.qa)
 
 
 def _record(step: int, loss: float, seconds: float) -> StepRecord:

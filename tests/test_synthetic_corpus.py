@@ -1,10 +1,12 @@
 """The synthetic LWM corpus: deterministic, in the paper's needle format, readable by our reader."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
+from data_loaders import longqa
 from data_loaders import synthetic_corpus as sc
 from data_loaders.lwm_format import FormatOptions, example_from_line
 from data_loaders.sources import LWMJsonlReader
@@ -154,3 +156,36 @@ def test_both_modality_orders_and_the_image_first_order_trains_the_image(corpus_
       assert start > 64 and not loss[0] and loss[1:].all()
     else:            # <s> and the caption are the prompt: nothing before the image trains
       assert start == 1 and not loss[:start + len(caption_ids)].any()
+
+
+def test_qa_writing_chats_answer_the_make_qa_prompt_about_one_fact_of_the_paragraph(tmp_path, corpus_vocab):
+  """The chat stage's QA-writing task: lwm-make-qa's default prompt around a paragraph, answered by one
+  pair that `longqa.parse_qa` reads, asking about a fact of that paragraph; the loader trains the answer only."""
+  spec = sc.CorpusSpec(seed=5, text_documents=0, retrieval_chats=0, images=0, videos=0, codebook_size=64,
+                       needle_value="word", qa_writing_chats=40, qa_writing_sentences=(3, 6))
+  files = sc.generate_corpus(tmp_path, spec)
+  lines = [json.loads(x)["messages"] for x in files["qa_writing"].read_text().splitlines()]
+  assert len(lines) == 40
+  counts = set()
+  for user, assistant in lines:
+    head, paragraph = user["content"].split("Paragraph:\n")
+    assert user["content"] == longqa.DEFAULT_TEMPLATE.replace("{paragraph}", paragraph)
+    facts = re.findall(r"The special magic (\w+) word is: (\w+)\.", paragraph)
+    counts.add(len(facts))
+    pair = longqa.parse_qa(assistant["content"])
+    city = re.fullmatch(r"What is the special magic (\w+) word\?", pair.question).group(1)
+    assert city in dict(facts) and pair.answer == f"The special magic {city} word is: {dict(facts)[city]}."
+    assert 3 <= paragraph.count(". ") + 1 - len(facts) <= 6
+  assert counts == {1, 2}
+  for (ex, _), messages in zip(LWMJsonlReader(files["qa_writing"], corpus_vocab), lines):
+    answer_ids = [*corpus_vocab.sp.encode(messages[1]["content"]), corpus_vocab.eos_id]
+    assert np.asarray(ex["tokens"])[np.asarray(ex["loss_mask"], bool)].tolist() == answer_ids
+
+
+def test_needle_books_hold_one_fact_per_so_many_sentences():
+  book = sc.needle_book(np.random.default_rng(6), "b3", 100, 16, kind="word")
+  facts = re.findall(r"The special magic (\w+) word is: (\w+)\.", book["text"])
+  assert book["id"] == "b3" and len(facts) == 6 and len({c for c, _ in facts}) == 6
+  assert book["text"].count(". ") + 1 == 106
+  assert len(re.findall("The special magic", sc.needle_book(np.random.default_rng(6), "b", 3000, 1)["text"])) == 43
+  assert sc.needle_book(np.random.default_rng(6), "b", 3, 16)["text"].count("The special magic") == 1

@@ -50,13 +50,26 @@ class NeedleGrid:
 
 
 @dataclasses.dataclass(frozen=True)
+class QAData:
+  """The long-context QA phase (`lwm-make-qa` with the needle model as generator): books of `book_sentences`
+  sentences with a fact every `sentences_per_fact`, chunks of `chunk_tokens`, examples per target length."""
+  book_sentences: tuple[int, ...]
+  sentences_per_fact: int
+  chunk_tokens: int
+  lengths: tuple[int, ...]
+  retries: int                     # generations after the first for a chunk whose QA does not parse
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
-  """The corpus, the stages in order, which one the needle evaluation reads (after its HF export), the grid."""
+  """The corpus, the stages in order, which one the needle evaluation reads (after its HF export), the grid,
+  and the QA data that model writes."""
   mode: str
   corpus: CorpusSpec
   stages: tuple[Stage, ...]
-  needle_model: str                # run name of the stage evaluated on needle retrieval
+  needle_model: str                # run name of the stage evaluated on needle retrieval (and writing QA data)
   grid: NeedleGrid
+  qa: QAData
 
   def __post_init__(self):
     names = [s.name for s in self.stages]
@@ -91,6 +104,7 @@ FULL = Plan(
     ),
     needle_model="tiny-text-chat-4k",
     grid=NeedleGrid(context_lengths=(1000, 2000, 4000), depths=(0.0, 0.25, 0.5, 0.75, 1.0), rounds=3, multi=(4, 1)),
+    qa=QAData(book_sentences=(90, 180, 200), sentences_per_fact=12, chunk_tokens=200, lengths=(1024, 2048), retries=2),
 )
 
 FAST = Plan(
@@ -103,6 +117,7 @@ FAST = Plan(
     ),
     needle_model="tiny-text-2k",
     grid=NeedleGrid(context_lengths=(500, 1000), depths=(0.0, 1.0), rounds=1, multi=(2, 2)),
+    qa=QAData(book_sentences=(50,), sentences_per_fact=12, chunk_tokens=100, lengths=(512,), retries=0),
 )
 
 

@@ -1,5 +1,5 @@
 """`demo_output/report.md` and `summary.json`: losses per stage, tokens/s, the HF exports, needle
-accuracies and their trend, the vision scores and pictures, wall time per phase.
+accuracies and their trend, the long-context QA data, the vision scores and pictures, wall time per phase.
 
 Accuracies are read back from the evaluations' results files (`needle_*.json`, `vision.json`), so the
 report says exactly what was measured; nothing here is estimated. `summary.json` holds the same
@@ -37,6 +37,7 @@ class Summary:
   machine: str
   needle_model_size: str   # e.g. "2 layers, 64 wide"
   vision: Any = None       # `vision_eval.VisionResult` of the final model
+  longqa: Any = None       # `qa_data.QAResult`: the QA data the needle model wrote
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -131,6 +132,30 @@ def _vision_section(vision: Any, model: str, root: Path) -> list[str]:
           f"{clock(vision.wall_s)}.", ""]
 
 
+def _longqa_section(qa: Any, model: str, root: Path) -> list[str]:
+  examples = ", ".join(f"{n} of {t:,} tokens" for t, n in qa.examples.items())
+  grounded = f"{qa.grounded / qa.pairs_used:.2f}" if qa.pairs_used else "—"
+  lines = ["## Long-context QA data (`lwm-make-qa`)", "",
+           f"Model: {model}, its last checkpoint, as `lwm-make-qa`'s generator (paper Sec. 3.3: a chat model "
+           "writes one question and its answer per chunk of a book; adjacent chunks and their QA pairs become "
+           "long-context chat examples). Books drawn by the corpus's generator from a seed stream training never "
+           "used, with a fact (a needle sentence) every few sentences. The text-chat stage learns this task from the "
+           "corpus's QA-writing chats (`qa_writing.jsonl`: the default prompt around a paragraph); a text stage "
+           "(the fast demo's generator) has not.", "",
+           "| books | chunks | QA pairs | rejected chunks | examples | pairs in examples | grounded |",
+           "|---|---|---|---|---|---|---|",
+           f"| {qa.books} | {qa.chunks} | {qa.qa_pairs} | {qa.rejects} | {examples} | {qa.pairs_used} | "
+           f"{grounded} |", "",
+           "Every example was read back by the loader and checked: 90-100 % of its target length, user/assistant "
+           "turns, each QA pair from a chunk inside the example, loss on the answers only. *Grounded*: the question "
+           "asks about a fact of its own chunk and the answer is that fact's sentence (a chunk without a fact "
+           f"cannot be). Output: `{_rel(qa.output, root)}/`; wall time {clock(qa.wall_s)}.", ""]
+  if qa.sample:
+    lines += [f"- a pair: `{qa.sample['question']}` → `{qa.sample['answer']}` (its chunk's facts: "
+              f"`{qa.sample['chunk_facts'] or 'none'}`)", ""]
+  return lines
+
+
 def render(summary: Summary, root: Path) -> str:
   plan, stamp = summary.plan, datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
   value = plan.corpus.needle_value
@@ -164,6 +189,8 @@ def render(summary: Summary, root: Path) -> str:
               "run the paper's 7B stages (`docs/stages.md`).", ""]
   for result in summary.needles:
     lines += _needle_section(result, root)
+  if summary.longqa is not None:
+    lines += _longqa_section(summary.longqa, plan.needle_model, root)
   if summary.vision is not None:
     lines += _vision_section(summary.vision, plan.final_stage.name, root)
   lines += ["## Timings", "", *[f"- {name}: {clock(s)}" for name, s in summary.timings.items()], ""]
@@ -185,7 +212,8 @@ def summary_json(summary: Summary, root: Path) -> dict[str, Any]:
             for r in summary.stages]
   phases = {f"train {r.stage.name}": r.wall_s for r in summary.stages} | dict(summary.timings)
   return {"mode": summary.plan.mode, "wall_s": summary.wall_s, "phases_s": phases, "stages": stages,
-          "needle": needles, "vision": None if summary.vision is None else summary.vision.to_json(root)}
+          "needle": needles, "vision": None if summary.vision is None else summary.vision.to_json(root),
+          "longqa": None if summary.longqa is None else summary.longqa.to_json(root)}
 
 
 def write(path: Path, summary: Summary) -> Path:

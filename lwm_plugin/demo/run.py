@@ -10,9 +10,11 @@
 3. exports the final model and the needle model to Hugging Face (`lwm-convert to-hf`);
 4. evaluates single- and multi-needle retrieval over context length x depth on the HF export of the
    needle model (imported back, prefill by ring attention over the 4 devices, `lwm-eval needle`);
-5. evaluates the final (vision) model on held-out images both ways, captioning and text-to-image with
+5. has the needle model (the chat model) write long-context QA data with `lwm-make-qa`'s pipeline on
+   books it never saw, and checks what the loader reads of it (`qa_data`);
+6. evaluates the final (vision) model on held-out images both ways, captioning and text-to-image with
    classifier-free guidance, scored on the toy codebook (`vision_eval`);
-6. writes `report.md`, `summary.json`, the heatmaps, the vision pictures and the HF models under the
+7. writes `report.md`, `summary.json`, the heatmaps, the vision pictures and the HF models under the
    output directory (`demo_output/`).
 
 Stages run in this process one after another (MaxText is imported once; each stage compiles its
@@ -37,7 +39,7 @@ from conversion.spec import ConversionError
 from data_loaders import tiny_data
 from lwm_plugin import checkpoints, training
 from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
-from lwm_plugin.demo import progress, report, vision_eval
+from lwm_plugin.demo import progress, qa_data, report, vision_eval
 from lwm_plugin.demo.jax_env import DEVICES, configure
 from lwm_plugin.demo.plan import Plan, Stage, plan_from_env
 from lwm_plugin.evaluation import needle_run
@@ -46,12 +48,13 @@ from lwm_plugin.evaluation.needle import NeedleTask
 OUTPUT_ENV = "LWM_DEMO_OUTPUT"
 MARKER = ".lwm_demo"             # marks a directory the demo owns (and may wipe on the next run)
 FIRST_STAGE_OVERHEAD_S = 30.0    # start-up + compile guess for the ETA until a stage has been measured
-# The HF exports and the needle and vision evaluations, in stage start-ups for the ETA (measured on 2
-# cores: about 50 s after training, plus 15 s (fast) to 60 s (full, loaded host) of vision, against 8-19 s
-# per stage start-up).
-TAIL_IN_STAGE_STARTUPS = 4
+# The HF exports, the needle evaluation, the QA data and the vision evaluation, in stage start-ups for the
+# ETA (measured on 2 cores: about 50 s after training, plus 20-40 s of QA data and 15 s (fast) to 60 s
+# (full, loaded host) of vision, against 8-19 s per stage start-up).
+TAIL_IN_STAGE_STARTUPS = 6
 NEEDLE_SEED = 20240208
 VISION_SEED = 20240209
+QA_SEED = 20240210
 VISION_PROMPTS = {"fast": 4, "full": 32}  # held-out images (and captions) per vision task, by plan mode
 # The tiny vision stages train on the corpus's caption/vision lines (`[caption],vision`,
 # `vision,caption`), not on chat turns, so the vision evaluation asks in that layout.
@@ -237,7 +240,30 @@ class Demo:
     self.timings["needle evaluation"] = time.monotonic() - start
     return [NeedleResult(task.name, *report) for task, report in zip(tasks, reports)]
 
-  # -- 5. vision evaluation -------------------------------------------------------------------
+  # -- 5. long-context QA data ----------------------------------------------------------------
+  def long_qa(self) -> qa_data.QAResult:
+    """The needle model's final checkpoint writes the QA data of the plan's books (lwm-make-qa's pipeline)."""
+    qa, stage = self.plan.qa, self.results[self.plan.needle_model].stage
+    start = time.monotonic()
+    self.say(f"long-context QA data written by {stage.name} (lwm-make-qa): {len(qa.book_sentences)} books, chunks of "
+             f"{qa.chunk_tokens} tokens, examples of {', '.join(map(str, qa.lengths))} tokens")
+    try:
+      with self._quiet("make-qa"):
+        result = qa_data.make_qa_data(
+            self.out, resolve_config_file(stage.config), self.results[stage.name].checkpoint, self._common(),
+            self.data / "tokenizer.model", seed=QA_SEED, book_sentences=qa.book_sentences,
+            sentences_per_fact=qa.sentences_per_fact, kind=self.plan.corpus.needle_value,
+            chunk_tokens=qa.chunk_tokens, lengths=qa.lengths, retries=qa.retries,
+            log=lambda line: self.term.write(f"  {line}\n"))
+    except (ConfigError, ValueError) as e:  # QACheckFailed is a ValueError
+      raise self._failed("make-qa", e) from e
+    self.timings["long-context QA data"] = time.monotonic() - start
+    self.say(f"{result.qa_pairs} QA pairs from {result.chunks} chunks ({result.rejects} rejected), "
+             f"{result.grounded} of the {result.pairs_used} in examples grounded in their chunk; examples "
+             f"{', '.join(f'{n} of {t}' for t, n in result.examples.items())}, all checked")
+    return result
+
+  # -- 6. vision evaluation -------------------------------------------------------------------
   def vision(self) -> vision_eval.VisionResult:
     """Understanding and generation on held-out images, with the final stage's last checkpoint (its HF
     import costs more than the whole evaluation in the fast demo; the needle evaluation tests that path)."""
@@ -266,11 +292,12 @@ class Demo:
     needle_hf = final if self.plan.needle_model == self.plan.final_stage.name else self.export(self.plan.needle_model)
     needles = self.needles(needle_hf)
     shutil.rmtree(self.out / "hf_import", ignore_errors=True)  # the evaluation's import of the HF export
+    longqa = self.long_qa()
     vision = self.vision()
     path = report.write(self.out / "report.md", report.Summary(
         plan=self.plan, stages=list(self.results.values()), needles=needles, hf_final=final, hf_needle=needle_hf,
         timings=self.timings, wall_s=time.monotonic() - self.started, devices=DEVICES,
-        needle_model_size=self._model_size(self.results[self.plan.needle_model].stage), vision=vision,
+        needle_model_size=self._model_size(self.results[self.plan.needle_model].stage), vision=vision, longqa=longqa,
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"))
     self.say(f"done in {progress.clock(time.monotonic() - self.started)}; report: {path}")
     return path
