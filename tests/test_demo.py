@@ -89,7 +89,9 @@ def _check_summary(summary, plan, out):
   qa = summary["longqa"]  # the fast plan asks once per chunk (no retries): a chunk is a QA pair or a reject
   assert qa["books"] == len(plan.qa.book_sentences) and qa["chunks"] >= 1
   assert qa["qa_pairs"] + qa["rejects"] == qa["chunks"] and set(qa["examples"]) == {str(n) for n in plan.qa.lengths}
-  assert 0 <= qa["grounded"] <= qa["pairs_used"] <= qa["qa_pairs"] and qa["output"] == "longqa"
+  trained = f"One `{plan.needle_model}` training step" in (out / "report.md").read_text()
+  assert trained == any(qa["examples"].values()) == (qa["step_loss"] is not None)
+  assert 0 <= qa["grounded"] <= qa["pairs_with_fact"] <= qa["pairs_used"] <= qa["qa_pairs"] and qa["output"] == "longqa"
   vision = summary["vision"]
   assert vision["prompts"] >= 1 and vision["layout"] in ("chat", "raw")
   for task in ("understanding", "generation"):

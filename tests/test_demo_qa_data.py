@@ -39,7 +39,8 @@ def test_read_and_check_counts_examples_and_grounded_pairs(tmp_path, corpus_voca
   examples, grounded, sample = qa_data.read_and_check(tmp_path, [512], corpus_vocab, {"b0": chunks})
   used = [c for r in records for c in r["longqa"]["qa_chunks"]]
   assert examples == {512: len(records)} and len(records) >= 2 and sorted(grounded) == sorted(("b0", c) for c in used)
-  assert [c for (_, c), ok in grounded.items() if not ok] == ([wrong] if wrong in used else [])
+  assert all(fact for fact, _ in grounded.values())  # every pair written here is about a chunk with a fact
+  assert [c for (_, c), (_, ok) in grounded.items() if not ok] == ([wrong] if wrong in used else [])
   assert sample["question"] in {p.question for p in qa.values()} and sample["chunk_facts"].startswith("The special")
 
 

@@ -12,8 +12,8 @@ The output is then read back by the loader's reader (`sources.LWMJsonlReader`, a
 checked; a failed check is an error naming the file and line: every example is 90-100 % of its
 target length, its turns alternate user/assistant, each QA pair's chunk lies inside the example's
 chunk range, and the loss falls on the answers (and their EOS) only. A pair is *grounded* when its
-question asks about a fact of its own chunk and its answer is that fact's sentence: the quality
-figure (a chunk without a fact cannot be grounded).
+question asks about a fact of its own chunk and its answer is that fact's sentence; the quality
+figure is the grounded fraction of the pairs whose chunk holds a fact (others cannot be grounded).
 
 Writes `OUTPUT/longqa_books.jsonl` and `OUTPUT/longqa/` (lwm-make-qa's output directory).
 Imports MaxText (through `qa_decoder`): import it after choosing the JAX platform.
@@ -58,10 +58,18 @@ class QAResult:
   rejects: int
   examples: dict[int, int]   # examples per target length
   pairs_used: int            # distinct QA pairs in the examples
+  pairs_with_fact: int       # of those, the pairs whose chunk holds a fact
   grounded: int              # of those, about a fact of their chunk and answered with its sentence
   sample: dict[str, str]     # one example's last question and answer, and the chunk's facts
   output: Path
   wall_s: float
+  step_loss: float | None = None       # one training step of the generator's config on the examples
+  step_loss_tokens: int | None = None  # the tokens that step's loss fell on (answers and their EOS)
+
+  @property
+  def files(self) -> str:
+    """The examples of every length, as a data source's `files` glob."""
+    return f"{self.output}/longqa-*/*.jsonl"
 
   def to_json(self, root: Path) -> dict[str, Any]:
     fields = dataclasses.asdict(self)
@@ -80,10 +88,11 @@ _FACT = re.compile(r"The special magic (\S+) (?:number|word) is: (\S+)\.")
 _ASKED = re.compile(r"What is the special magic (\S+) (?:number|word)\?")
 
 
-def _grounded(question: str, answer: str, chunk_text: str) -> bool:
+def _grounded(question: str, answer: str, chunk_text: str) -> tuple[bool, bool]:
+  """(the chunk holds a fact, the pair asks about one of its facts and answers with that fact's sentence)."""
   facts = {m.group(1): m.group(0) for m in _FACT.finditer(chunk_text)}
   asked = _ASKED.fullmatch(question.strip())
-  return asked is not None and asked.group(1) in facts and answer.strip() == facts[asked.group(1)]
+  return bool(facts), asked is not None and asked.group(1) in facts and answer.strip() == facts[asked.group(1)]
 
 
 def _check(where: str, record: dict[str, Any], example: dict[str, np.ndarray], vocab: MultimodalVocab,
@@ -105,9 +114,11 @@ def _check(where: str, record: dict[str, Any], example: dict[str, np.ndarray], v
 
 
 def read_and_check(output: Path, lengths: Sequence[int], vocab: MultimodalVocab,
-                   chunks: dict[str, list[longqa.Chunk]]) -> tuple[dict[int, int], dict[tuple[str, int], bool],
+                   chunks: dict[str, list[longqa.Chunk]]) -> tuple[dict[int, int],
+                                                                   dict[tuple[str, int], tuple[bool, bool]],
                                                                    dict[str, str]]:
-  """Examples per length, grounded-or-not per QA pair used, and a sample; QACheckFailed on a broken example."""
+  """Examples per length, per QA pair used (its chunk has a fact, it is grounded), and a sample; QACheckFailed
+  on a broken example."""
   examples, grounded, sample = {}, {}, {}
   for target in lengths:
     examples[target] = 0
@@ -148,5 +159,7 @@ def make_qa_data(out: Path, config_file: str, checkpoint: Path, overrides: Seque
   chunks = {b["id"]: longqa.chunk_book(vocab, b["id"], b["text"], chunk_tokens) for b in lines}
   examples, grounded, sample = read_and_check(out / "longqa", lengths, vocab, chunks)
   return QAResult(generator=generator, books=result.books, chunks=result.chunks, qa_pairs=result.qa_pairs,
-                  rejects=result.rejects, examples=examples, pairs_used=len(grounded), grounded=sum(grounded.values()),
+                  rejects=result.rejects, examples=examples, pairs_used=len(grounded),
+                  pairs_with_fact=sum(fact for fact, _ in grounded.values()),
+                  grounded=sum(ok for _, ok in grounded.values()),
                   sample=sample, output=out / "longqa", wall_s=time.monotonic() - start)

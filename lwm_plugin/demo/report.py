@@ -134,7 +134,7 @@ def _vision_section(vision: Any, model: str, root: Path) -> list[str]:
 
 def _longqa_section(qa: Any, model: str, root: Path) -> list[str]:
   examples = ", ".join(f"{n} of {t:,} tokens" for t, n in qa.examples.items())
-  grounded = f"{qa.grounded / qa.pairs_used:.2f}" if qa.pairs_used else "—"
+  grounded = f"{qa.grounded / qa.pairs_with_fact:.2f}" if qa.pairs_with_fact else "—"
   lines = ["## Long-context QA data (`lwm-make-qa`)", "",
            f"Model: {model}, its last checkpoint, as `lwm-make-qa`'s generator (paper Sec. 3.3: a chat model "
            "writes one question and its answer per chunk of a book; adjacent chunks and their QA pairs become "
@@ -142,14 +142,20 @@ def _longqa_section(qa: Any, model: str, root: Path) -> list[str]:
            "used, with a fact (a needle sentence) every few sentences. The text-chat stage learns this task from the "
            "corpus's QA-writing chats (`qa_writing.jsonl`: the default prompt around a paragraph); a text stage "
            "(the fast demo's generator) has not.", "",
-           "| books | chunks | QA pairs | rejected chunks | examples | pairs in examples | grounded |",
-           "|---|---|---|---|---|---|---|",
-           f"| {qa.books} | {qa.chunks} | {qa.qa_pairs} | {qa.rejects} | {examples} | {qa.pairs_used} | "
-           f"{grounded} |", "",
+           "| books | chunks | QA pairs | rejected chunks | examples | pairs in examples (chunk with a fact) | "
+           "grounded |", "|---|---|---|---|---|---|---|",
+           f"| {qa.books} | {qa.chunks} | {qa.qa_pairs} | {qa.rejects} | {examples} | {qa.pairs_used} "
+           f"({qa.pairs_with_fact}) | {grounded} |", "",
            "Every example was read back by the loader and checked: 90-100 % of its target length, user/assistant "
            "turns, each QA pair from a chunk inside the example, loss on the answers only. *Grounded*: the question "
-           "asks about a fact of its own chunk and the answer is that fact's sentence (a chunk without a fact "
-           f"cannot be). Output: `{_rel(qa.output, root)}/`; wall time {clock(qa.wall_s)}.", ""]
+           "asks about a fact of its own chunk and the answer is that fact's sentence, as a fraction of the pairs "
+           f"whose chunk has a fact. Output: `{_rel(qa.output, root)}/`; wall time {clock(qa.wall_s)}.", ""]
+  if qa.step_loss is not None:
+    lines += [f"One `{model}` training step (its config, from its checkpoint) on these examples as the chat "
+              f"stages' `longqa` source: loss {qa.step_loss:.3f} on {qa.step_loss_tokens} tokens (the answers "
+              "and their EOS).", ""]
+  else:
+    lines += ["No example was made, so no training step on them.", ""]
   if qa.sample:
     lines += [f"- a pair: `{qa.sample['question']}` → `{qa.sample['answer']}` (its chunk's facts: "
               f"`{qa.sample['chunk_facts'] or 'none'}`)", ""]

@@ -259,9 +259,36 @@ class Demo:
       raise self._failed("make-qa", e) from e
     self.timings["long-context QA data"] = time.monotonic() - start
     self.say(f"{result.qa_pairs} QA pairs from {result.chunks} chunks ({result.rejects} rejected), "
-             f"{result.grounded} of the {result.pairs_used} in examples grounded in their chunk; examples "
+             f"{result.grounded} of the {result.pairs_with_fact} in examples about a chunk with a fact grounded in it; "
+             "examples "
              f"{', '.join(f'{n} of {t}' for t, n in result.examples.items())}, all checked")
-    return result
+    return self._train_on_qa(result)
+
+  def _train_on_qa(self, qa: qa_data.QAResult) -> qa_data.QAResult:
+    """One training step of the generator's config, from its checkpoint, on the QA examples it wrote (the
+    chat stages' `longqa` source); nothing to train on when no example was made (the fast demo's text model)."""
+    if not any(qa.examples.values()):
+      self.say("no QA example was made, so no training step on them")
+      return qa
+    stage = self.results[self.plan.needle_model].stage
+    name = f"{stage.name}-longqa"
+    config = resolve_config_file(stage.config)
+    overrides = [*self._common(), "steps=1", f"run_name={name}", "enable_checkpointing=false",
+                 f"load_parameters_path={self.results[stage.name].checkpoint}",
+                 f"lwm_data_sources=[{{name: longqa, files: '{qa.files}', group: longqa}}]"]
+    start = time.monotonic()
+    watcher = progress.StepWatcher(self.term, f"{stage.name} on its QA data", 1,
+                                   self._tokens_per_step(config, overrides), [], 0.0, tail_s=0.0)
+    try:
+      with self._quiet(name), progress.watching(watcher):
+        training.train(config, overrides)
+    except (ConfigError, training.LoaderFailed, training.TrainingFailed) as e:
+      raise self._failed(name, e) from e
+    if len(watcher.records) != 1:
+      raise DemoError(f"{name}: {len(watcher.records)} step records for 1 step; log: {self.logs / name}.log")
+    step = watcher.records[0]
+    self.timings["training step on the QA data"] = time.monotonic() - start
+    return dataclasses.replace(qa, step_loss=step.loss, step_loss_tokens=step.text_tokens)
 
   # -- 6. vision evaluation -------------------------------------------------------------------
   def vision(self) -> vision_eval.VisionResult:
