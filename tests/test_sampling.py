@@ -103,6 +103,23 @@ def test_seeded_runs_repeat_and_different_seeds_or_steps_differ():
   assert len(set(np.asarray(a).tolist())) > 1  # the rows of a batch draw independently
 
 
+def test_a_seed_draws_the_same_after_maxtext_changed_the_default_key_implementation():
+  """MaxText's training start-up sets jax_default_prng_impl to "unsafe_rbg" for the process (the demo decodes
+  after training in the same process): the draws of a seed must not depend on it."""
+  logits = np.zeros((8, 64), np.float32)
+  allowed = np.ones_like(logits, bool)
+  s = Sampling(temperature=1.0, seed=3)
+  default = jax.config.jax_default_prng_impl
+  fresh = np.asarray(sampling.sample(logits, allowed, sampling.step_key(3, 0), s))
+  try:
+    jax.config.update("jax_default_prng_impl", "unsafe_rbg")
+    unpinned = np.asarray(sampling.sample(logits, allowed, jax.random.fold_in(jax.random.key(3), 0), s))
+    after = np.asarray(sampling.sample(logits, allowed, sampling.step_key(3, 0), s))
+  finally:
+    jax.config.update("jax_default_prng_impl", default)
+  assert np.array_equal(fresh, after) and not np.array_equal(fresh, unpinned)  # a default key would have drawn others
+
+
 def test_one_compile_per_setting_whatever_the_seed():
   """The seed reaches `sample` through the key: runs with new seeds reuse the compiled function."""
   logits = np.zeros((3, 17), np.float32)

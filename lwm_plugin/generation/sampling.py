@@ -14,7 +14,8 @@ depend on the order of the vocabulary:
             more probable than i is < p: the smallest most-probable set whose mass reaches p, plus
             every id tied with its least probable member. p = 1 keeps everything allowed.
   seed      `step_key(seed, step)`: one key per decoding step, so a run is reproducible and two
-            steps never share randomness; the rows of a batch draw independently from that key.
+            steps never share randomness; the rows of a batch draw independently from that key. The
+            key is threefry's whatever JAX's default (MaxText's training sets "unsafe_rbg").
 
 Greedy never reads the key; top-k/top-p do not change a greedy choice (the argmax always survives).
 The settings (`Sampling`) live in `sampling_params`, which imports no JAX, so a command line can check
@@ -35,9 +36,16 @@ from lwm_plugin.generation.sampling_params import Sampling
 __all__ = ["Sampling", "check_allowed", "filtered_logits", "guided_logits", "sample", "step_key"]
 
 
+# The key's generator, pinned: MaxText's training start-up sets JAX's default to "unsafe_rbg" for the whole
+# process, so a default key would draw other samples for one seed after training in the same process (the
+# demo) than in a fresh one (`lwm-generate`, `lwm-make-qa`).
+KEY_IMPL = "threefry2x32"
+
+
 def step_key(seed: int, step: int) -> jax.Array:
-  """The random key of decoding step `step` of a run seeded with `seed`."""
-  return jax.random.fold_in(jax.random.key(seed), step)
+  """The random key of decoding step `step` of a run seeded with `seed` (JAX's threefry, whatever the
+  process's default key implementation)."""
+  return jax.random.fold_in(jax.random.key(seed, impl=KEY_IMPL), step)
 
 
 def filtered_logits(logits_BxV: jax.Array, allowed_BxV: jax.Array, sampling: Sampling) -> jax.Array:
