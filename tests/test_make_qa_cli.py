@@ -5,10 +5,13 @@ End to end: the demo's tiny text-chat model shapes with the tiny corpus's tokeni
 no training here) generate through the project's KV-cache decoder, which checks the plumbing (prompts
 reach the model, every chunk's outcome is recorded, retries and rejects); parseable QA comes from a
 scripted completions endpoint (tests/helpers/scripted_qa.py), whose output is read back by the loader
-and trains one `tiny_text_chat_4k.yml` step.
+and trains one `tiny_text_chat_4k.yml` step. Then the same with a model trained on the corpus's
+QA-writing chats as the generator (its own QA pairs, read back and trained on). The demo's trained
+chat model does this in `make demo` (lwm_plugin/demo/qa_data.py, figures in BENCHMARKS.md).
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -151,32 +154,93 @@ def test_end_to_end_with_the_tiny_chat_model_and_one_training_step(work, tmp_pat
                  "--output", str(out)], tmp_path)  # the default runner: DirectRunner, one process per core
   assert proc.returncode == 0, proc.stderr[-4000:]
   vocab = MultimodalVocab.from_tokenizer(data / "tokenizer.model")
-  loss_tokens = set()  # per 4K example: the answers' tokens and their EOS
-  for target in (2048, 4096):
-    files = f"{out}/longqa-{target // 1024}k/*.jsonl"
-    records = [json.loads(x) for p in sorted(out.glob(f"longqa-{target // 1024}k/*.jsonl"))
-               for x in p.read_text().splitlines()]
-    config = LoaderConfig(sources=[{"name": "qa", "files": files}], seq_len=target, batch_size=1, shuffle=False,
-                          num_epochs=1)
+
+  def quotes_its_chunk(document, question, answer):  # the scripted answer quotes the end of its chunk
+    assert answer[len("The one ending "):] in document, (question, answer)
+
+  loss_tokens = _read_back(out, (2048, 4096), vocab, quotes_its_chunk)[4096]
+  _one_training_step(out / "longqa-4k", data, 4096, loss_tokens, tmp_path)
+
+
+def _read_back(out, targets, vocab, check_pair):
+  """Every example of each target length as the loader reads it: 90-100 % of the target, user/assistant turns,
+  each pair passes `check_pair(document, question, answer)`, the loss exactly on the answers and their EOS.
+  Returns, per target, the examples' loss-token counts."""
+  loss_tokens = {}
+  for target in targets:
+    name = f"longqa-{target // 1024}k" if target % 1024 == 0 else f"longqa-{target}"
+    records = [json.loads(x) for p in sorted(out.glob(f"{name}/*.jsonl")) for x in p.read_text().splitlines()]
+    config = LoaderConfig(sources=[{"name": "qa", "files": f"{out}/{name}/*.jsonl"}], seq_len=target, batch_size=1,
+                          shuffle=False, num_epochs=1)
     examples = list(source_stream(config, config.sources[0], vocab, shard_index=0, shard_count=1))
-    assert len(examples) == len(records) >= 2
+    assert len(examples) == len(records) >= 1, name
+    loss_tokens[target] = set()
     for record, ex in zip(records, examples):
       messages = record["messages"]
       assert 0.9 * target <= len(ex["inputs"]) + 1 <= target
       assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
-      document = messages[0]["content"].rsplit("\n\n", 1)[0]
-      for m in messages[1::2]:
-        assert m["content"][len("The one ending "):] in document
+      first, end = record["longqa"]["chunks"]
+      assert len(record["longqa"]["qa_chunks"]) == len(messages) // 2
+      assert all(first <= c < end for c in record["longqa"]["qa_chunks"])
+      document, question = messages[0]["content"].rsplit("\n\n", 1)
+      for k, m in enumerate(messages[1::2]):
+        check_pair(document, question if k == 0 else messages[2 * k]["content"], m["content"])
       answers = [i for m in messages[1::2] for i in [*vocab.sp.encode(m["content"]), vocab.eos_id]]
       assert ex["targets"][ex[WEIGHTS] > 0].tolist() == answers
-      if target == 4096:
-        loss_tokens.add(len(answers))
-  sources = f"lwm_data_sources=[{{name: longqa, files: '{out}/longqa-4k/*.jsonl', group: longqa}}]"
+      loss_tokens[target].add(len(answers))
+  return loss_tokens
+
+
+def _one_training_step(length_dir, data, target, loss_tokens, tmp_path):
+  """One `tiny_text_chat_4k.yml` step on the examples of `length_dir`, one example per row of `target` tokens:
+  its loss falls on exactly one example's answer tokens (one of `loss_tokens`)."""
+  sources = f"lwm_data_sources=[{{name: longqa, files: '{length_dir}/*.jsonl', group: longqa}}]"
   train = run_lwm_train(["tiny_text_chat_4k.yml", f"lwm_data_dir={data}", f"base_output_directory={tmp_path / 'o'}",
                          "load_parameters_path=''", "enable_checkpointing=false", "steps=1", sources,
+                         f"max_target_length={target}", "per_device_batch_size=0.25", "run_name=qa-step",
                          f"metrics_file={tmp_path}/metrics.jsonl"], devices=4, cwd=tmp_path)
   assert train.returncode == 0, train.stderr[-4000:]
   (row,) = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "learning/loss" in r]
   assert np.isfinite(row["learning/loss"]) and row["learning/loss"] > 0, row
-  # One 4K row holds one example (truncated if longer: none is): its loss falls on exactly its answer tokens.
+  # One row holds one example (truncated if longer: none is): its loss falls on exactly its answer tokens.
   assert row["lwm/text_examples"] == 1 and row["lwm/text_tokens"] in loss_tokens, (row, loss_tokens)
+
+
+_ASKED = re.compile(r"What is the special magic \w+ number\?")
+_FACT = re.compile(r"The special magic \w+ number is: \d+\.")
+
+
+@pytest.mark.slow  # 150 training steps, the model sampled in a Beam worker, one training step: ~3 min
+def test_a_chat_model_trained_on_the_qa_writing_chats_writes_qa_the_chat_stage_trains_on(work, tmp_path):
+  """Issue 18 item 4 with a model that writes QA: the chat stage's config trained from scratch on the corpus's
+  QA-writing chats only (`qa_writing.jsonl`, 150 steps at 1K), then `lwm-make-qa` with it as the generator on
+  books with facts. Most of its pairs have the trained form (a question about a city's number, answered by a
+  fact sentence; the 2-layer model made in 150 steps copies the form, not yet the facts: the demo's chain, whose
+  chat model has learned retrieval first, grounds them, BENCHMARKS.md); the loader reads the examples back
+  and one step trains on them."""
+  _, data = work
+  train = run_lwm_train(["tiny_text_chat_4k.yml", f"lwm_data_dir={data}", f"base_output_directory={tmp_path / 'o'}",
+                         "load_parameters_path=''", "steps=150", "max_target_length=1024", "per_device_batch_size=1",
+                         "learning_rate=3e-3", "run_name=qa-writer",
+                         f"lwm_data_sources=[{{name: qa_writing, files: '{data}/qa_writing.jsonl', group: longqa}}]"],
+                        devices=4, cwd=tmp_path)
+  assert train.returncode == 0, train.stderr[-4000:]
+  items = tmp_path / "o" / "qa-writer" / "checkpoints" / "149" / "items"
+  rng = np.random.default_rng(11)
+  sc.write_jsonl(tmp_path / "books.jsonl", [sc.needle_book(rng, f"b{k}", n, 12) for k, n in enumerate([90, 120])])
+  sets = [f"lwm_data_dir={data}", "attention=dot_product", "ici_context_parallelism=1", "per_device_batch_size=4",
+          "max_target_length=512"]
+  out = tmp_path / "qa"
+  proc = _cli(["--books", str(tmp_path / "books.jsonl"), "--generator-config", "tiny_text_chat_4k.yml",
+               "--generator", str(items), *[a for s in sets for a in ("--set", s)], "--lengths", "1024",
+               "--chunk-tokens", "100", "--max-new-tokens", "48", "--output", str(out), IN_MEMORY], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  done = json.loads((out / "_shards" / "part-00000-of-00001.json").read_text())
+  assert done["books"] == 2 and done["chunks"] >= 8 and done["qa_pairs"] >= 0.75 * done["chunks"], done
+
+  pairs = []
+  vocab = MultimodalVocab.from_tokenizer(data / "tokenizer.model")
+  loss_tokens = _read_back(out, (1024,), vocab, lambda document, q, a: pairs.append((q, a)))[1024]
+  trained = [bool(_ASKED.fullmatch(q) and _FACT.fullmatch(a)) for q, a in pairs]
+  assert sum(trained) >= 0.5 * len(pairs) >= 1, pairs
+  _one_training_step(out / "longqa-1k", data, 1024, loss_tokens, tmp_path)

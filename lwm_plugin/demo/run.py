@@ -11,7 +11,8 @@
 4. evaluates single- and multi-needle retrieval over context length x depth on the HF export of the
    needle model (imported back, prefill by ring attention over the 4 devices, `lwm-eval needle`);
 5. has the needle model (the chat model) write long-context QA data with `lwm-make-qa`'s pipeline on
-   books it never saw, and checks what the loader reads of it (`qa_data`);
+   books it never saw, checks what the loader reads of it (`qa_data`) and trains one step of its
+   config on it;
 6. evaluates the final (vision) model on held-out images both ways, captioning and text-to-image with
    classifier-free guidance, scored on the toy codebook (`vision_eval`);
 7. writes `report.md`, `summary.json`, the heatmaps, the vision pictures and the HF models under the
