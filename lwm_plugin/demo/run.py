@@ -45,6 +45,7 @@ from lwm_plugin.demo.jax_env import DEVICES, configure
 from lwm_plugin.demo.plan import Plan, Stage, plan_from_env
 from lwm_plugin.evaluation import needle_run
 from lwm_plugin.evaluation.needle import NeedleTask
+from lwm_plugin.step_metrics import StepRecord
 
 OUTPUT_ENV = "LWM_DEMO_OUTPUT"
 MARKER = ".lwm_demo"             # marks a directory the demo owns (and may wipe on the next run)
@@ -169,6 +170,20 @@ class Demo:
     batch = float(peek(config, overrides, "per_device_batch_size"))
     return int(batch * DEVICES * int(peek(config, overrides, "max_target_length")))
 
+  def _run_steps(self, name: str, config: str, overrides: list[str],
+                 watcher: progress.StepWatcher) -> list[StepRecord]:
+    """MaxText's training loop on `config` + `overrides` (output to `logs/<name>.log`), watched; its step records,
+    one per step of the watcher's count (DemoError otherwise, or when training fails)."""
+    try:
+      with self._quiet(name), progress.watching(watcher):
+        training.train(config, overrides)
+    except (ConfigError, training.LoaderFailed, training.TrainingFailed) as e:
+      raise self._failed(name, e) from e
+    if len(watcher.records) != watcher.steps:
+      raise DemoError(f"{name}: {len(watcher.records)} step records for {watcher.steps} steps; log: "
+                      f"{self.logs / name}.log")
+    return watcher.records
+
   def train(self, index: int, stage: Stage) -> StageResult:
     n = len(self.plan.stages)
     config = resolve_config_file(stage.config)
@@ -186,15 +201,7 @@ class Demo:
     tokens_per_step = self._tokens_per_step(config, overrides)
     watcher = progress.StepWatcher(self.term, f"stage {index + 1}/{n} {stage.name}", stage.steps, tokens_per_step,
                                    later, overhead, tail_s=overhead * TAIL_IN_STAGE_STARTUPS)
-    try:
-      with self._quiet(stage.name), progress.watching(watcher):
-        training.train(config, overrides)
-    except (ConfigError, training.LoaderFailed, training.TrainingFailed) as e:
-      raise self._failed(stage.name, e) from e
-    records = watcher.records
-    if len(records) != stage.steps:
-      raise DemoError(f"{stage.name}: {len(records)} step records for {stage.steps} steps; log: "
-                      f"{self.logs / stage.name}.log")
+    records = self._run_steps(stage.name, config, overrides, watcher)
     last = records[-1]
     result = StageResult(
         stage=stage, context=context, rope_theta=theta, tokens_per_step=tokens_per_step,
@@ -280,14 +287,7 @@ class Demo:
     start = time.monotonic()
     watcher = progress.StepWatcher(self.term, f"{stage.name} on its QA data", 1,
                                    self._tokens_per_step(config, overrides), [], 0.0, tail_s=0.0)
-    try:
-      with self._quiet(name), progress.watching(watcher):
-        training.train(config, overrides)
-    except (ConfigError, training.LoaderFailed, training.TrainingFailed) as e:
-      raise self._failed(name, e) from e
-    if len(watcher.records) != 1:
-      raise DemoError(f"{name}: {len(watcher.records)} step records for 1 step; log: {self.logs / name}.log")
-    step = watcher.records[0]
+    (step,) = self._run_steps(name, config, overrides, watcher)
     self.timings["training step on the QA data"] = time.monotonic() - start
     return dataclasses.replace(qa, step_loss=step.loss, step_loss_tokens=step.text_tokens)
 
