@@ -64,9 +64,16 @@ def test_fast_demo_end_to_end(tmp_path):
   _check_summary(json.loads((out / "summary.json").read_text()), plan, out)
   assert "## Vision: understanding and generation" in report and "toy codebook, not VQGAN codes" in report
   assert "vision_generation.png" in report and "vision_understanding.png" in report
+  assert "### Pictures through `lwm-vision`'s VQGAN" in report and "![round trip](vqgan_round_trip.png)" in report
+  assert "the demo's toy VQGAN" in report
+  assert len(list((out / "vqgan" / "decoded").glob("scene_*.png"))) == summary_pictures(out)
   assert "## Long-context QA data (`lwm-make-qa`)" in report and "Every example was read back by the loader" in report
   books = (out / "longqa_books.jsonl").read_text().splitlines()
   assert len(books) == len(plan.qa.book_sentences) and (out / "longqa" / "make_qa.json").is_file()
+
+
+def summary_pictures(out) -> int:
+  return json.loads((out / "summary.json").read_text())["vqgan"]["images"]
 
 
 def _check_summary(summary, plan, out):
@@ -92,6 +99,10 @@ def _check_summary(summary, plan, out):
   trained = f"One `{plan.needle_model}` training step" in (out / "report.md").read_text()
   assert trained == any(qa["examples"].values()) == (qa["step_loss"] is not None)
   assert 0 <= qa["grounded"] <= qa["pairs_with_fact"] <= qa["pairs_used"] <= qa["qa_pairs"] and qa["output"] == "longqa"
+  trip = summary["vqgan"]
+  assert trip["images"] >= 1 and trip["codes_per_image"] == 256 and trip["toy_weights"] and "VQGAN round trip" in (
+      summary["phases_s"]) and 0.0 <= trip["cell_colour"] <= 1.0 and trip["figure"] == "vqgan_round_trip.png"
+  assert len((out / trip["codes"]).read_text().splitlines()) == trip["images"]
   vision = summary["vision"]
   assert vision["prompts"] >= 1 and vision["layout"] in ("chat", "raw")
   for task in ("understanding", "generation"):
@@ -240,8 +251,15 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
                                  to_json=lambda root: {"prompts": 4})
   summary = report.Summary(plan=plan, stages=stages, needles=[result], hf_final=tmp_path / "hf" / "a",
                            hf_needle=tmp_path / "hf" / "b", timings={"data": 1.0}, wall_s=100.0, devices=4,
-                           machine="test", needle_model_size="2 layers, 64 wide", vision=vision)
+                           machine="test", needle_model_size="2 layers, 64 wide", vision=vision,
+                           vqgan=types.SimpleNamespace(weights="/w/vqvae", toy_weights=False, images=4,
+                                                       codes_per_image=256, cell_colour=0.875, psnr_db=21.04,
+                                                       codes=tmp_path / "vqgan" / "codes.jsonl",
+                                                       figure=tmp_path / "vqgan_round_trip.png", wall_s=5.0,
+                                                       to_json=lambda root: {"images": 4}))
   text = report.render(summary, tmp_path)
+  assert "with `/w/vqvae` (LWM_DEMO_VQGAN). Scored against the rendered pictures: cell colours right **0.88**" in text
+  assert "PSNR 21.0 dB" in text and "Codes: `vqgan/codes.jsonl`" in text
   assert "| image understanding (answer greedy, text ids) | 0.50 | 0.75 | 0.50 | 0.25 |" in text
   assert "on the 8 × 8 code grid (LWM's VQGAN: 16 × 16)" in text
   assert "| text-to-image (greedy, guidance 3.0) | 0.25 | 0.75 |" in text
@@ -251,4 +269,4 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   assert [s["losses"] for s in doc["stages"]] == [[6.0, 5.0]] * len(plan.stages)
   assert doc["needle"]["single"]["accuracy"] == [[1.0, 0.0], [0.0, 0.0]]  # depth 0 / 100% x lengths 500 / 1000
   assert np.allclose(doc["needle"]["single"]["chars_right"], [[1.0, 1 / 7], [4 / 7, 0.0]])
-  assert doc["vision"] == {"prompts": 4}
+  assert doc["vision"] == {"prompts": 4} and doc["vqgan"] == {"images": 4}

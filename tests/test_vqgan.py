@@ -2,7 +2,8 @@
 
 One module fixture writes random weights as diffusers directories (a small model, and the full-size
 aMUSEd/LWM model on small images: the architecture is convolutional, so 32x32 pixels exercise every
-tensor at a fraction of the cost of 256x256) and runs diffusers once on them (one process:
+tensor at a fraction of the cost of 256x256), takes the demo's shipped toy VQGAN as a third, and runs
+diffusers once on them (one process:
 tests/helpers/diffusers_side.py loads each directory with `from_pretrained` and again with a strict
 `load_state_dict`). Then: same codes, same decoded pixels, the LWM pickle layout gives identical codes,
 bfloat16 agrees mostly, 4 fake CPU devices give the codes of 1, bad inputs are refused eagerly.
@@ -16,13 +17,16 @@ import pytest
 
 from conftest import REPO, run_python
 from helpers.vqgan_files import SMALL, write_random_vqgan
+from lwm_plugin.demo import vqgan_round_trip
 from lwm_plugin.vision import vqgan_weights
 from lwm_plugin.vision.vqgan import VQGANCodec, VQGANConfig, load_vqgan
 
 FULL = VQGANConfig()
+TOY_DIR = vqgan_round_trip.TOY_VQGAN   # the demo's shipped weights: diffusers must read them as we do
 CASES = {   # name -> (config, pixels shape)
     "small": (SMALL, (6, 32, 32, 3)),
     "full": (FULL, (4, 32, 32, 3)),
+    "toy": (vqgan_weights.read_weights(TOY_DIR)[0], (16, 32, 32, 3)),
 }
 
 
@@ -41,8 +45,9 @@ def ref(tmp_path_factory):
   rng = np.random.default_rng(0)
   out, jobs = {}, []
   for name, (config, shape) in CASES.items():
-    model_dir = tmp / name
-    write_random_vqgan(model_dir, "diffusers", config, seed=1)
+    model_dir = TOY_DIR if name == "toy" else tmp / name
+    if name != "toy":
+      write_random_vqgan(model_dir, "diffusers", config, seed=1)
     pixels = rng.uniform(-1, 1, shape).astype(np.float32)
     codec = load_vqgan(model_dir, max_batch_per_device=4)
     codes = codec.encode(pixels)
@@ -73,7 +78,7 @@ def test_codes_match_diffusers(ref, name):
   assert case["codes"].dtype == np.int32
   assert case["codes"].shape == case["ref_codes"].shape == (case["pixels"].shape[0], 32 // f, 32 // f)
   assert np.mean(case["codes"] == case["ref_codes"]) >= 0.99
-  assert len(np.unique(case["ref_codes"])) >= 4, "the random model uses too few codes for the test to mean much"
+  assert len(np.unique(case["ref_codes"])) >= 4, "the model uses too few codes for the test to mean much"
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -1,5 +1,6 @@
 """`demo_output/report.md` and `summary.json`: losses per stage, tokens/s, the HF exports, needle
-accuracies and their trend, the long-context QA data, the vision scores and pictures, wall time per phase.
+accuracies and their trend, the long-context QA data, the vision scores and pictures, the VQGAN round trip,
+wall time per phase.
 
 Accuracies are read back from the evaluations' results files (`needle_*.json`, `vision.json`), so the
 report says exactly what was measured; nothing here is estimated. `summary.json` holds the same
@@ -38,6 +39,7 @@ class Summary:
   needle_model_size: str   # e.g. "2 layers, 64 wide"
   vision: Any = None       # `vision_eval.VisionResult` of the final model
   longqa: Any = None       # `qa_data.QAResult`: the QA data the needle model wrote
+  vqgan: Any = None        # `vqgan_round_trip.RoundTripResult`: pictures through lwm-vision's VQGAN and back
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -119,8 +121,8 @@ def _vision_section(vision: Any, model: str, root: Path) -> list[str]:
           "**The demo's images are a toy codebook, not VQGAN codes**: on the "
           f"{vision.grid} × {vision.grid} code grid (LWM's VQGAN: 16 × 16) each colour owns a band "
           "of codes and each shape a texture code inside it, so both directions are scored automatically "
-          "(`data_loaders/toy_vision.py`). No trained VQGAN is available offline, so no real round trip through "
-          "`lwm-vision` is shown (a randomly initialised one would show nothing).", "",
+          "(`data_loaders/toy_vision.py`); the real image path, pictures through `lwm-vision`'s VQGAN, is shown "
+          "below.", "",
           "| task | colour and shape right | colour right | shape right | background right |", "|---|---|---|---|---|",
           f"| image understanding (answer greedy, text ids) | {und['correct']:.2f} | {und['colour']:.2f} | "
           f"{und['shape']:.2f} | {und['background']:.2f} |",
@@ -130,6 +132,20 @@ def _vision_section(vision: Any, model: str, root: Path) -> list[str]:
           f"Understanding, image and answer: ![understanding]({_rel(vision.understanding_png, root)})", "",
           f"Every prompt, answer, frame and score: `{_rel(vision.results, root)}`; wall time "
           f"{clock(vision.wall_s)}.", ""]
+
+
+def _vqgan_section(trip: Any, root: Path) -> list[str]:
+  weights = ("the demo's toy VQGAN: LWM's VQGAN architecture, smaller (256 codes), fit to pictures of training "
+             "scenes by `tools/fit_toy_vqgan.py` and shipped with the demo (LWM's own weights are not downloaded; "
+             f"`LWM_DEMO_VQGAN=PATH` runs them)" if trip.toy_weights else f"`{trip.weights}` (LWM_DEMO_VQGAN)")
+  return ["### Pictures through `lwm-vision`'s VQGAN", "",
+          f"The first {trip.images} held-out scenes above as 256 × 256 pictures (32 pixels per cell), encoded to "
+          f"{trip.codes_per_image} codes each and decoded back by `lwm-vision encode` / `decode`'s functions, with "
+          f"{weights}. Scored against the rendered pictures: cell colours right **{trip.cell_colour:.2f}** (each "
+          f"cell's decoded colour nearest the colour the scene put there; the shapes' texture marks are not scored), PSNR "
+          f"{trip.psnr_db:.1f} dB.", "",
+          f"![round trip]({_rel(trip.figure, root)})", "",
+          f"Codes: `{_rel(trip.codes, root)}`; pictures under `vqgan/`; wall time {clock(trip.wall_s)}.", ""]
 
 
 def _longqa_section(qa: Any, model: str, root: Path) -> list[str]:
@@ -199,6 +215,8 @@ def render(summary: Summary, root: Path) -> str:
     lines += _longqa_section(summary.longqa, plan.needle_model, root)
   if summary.vision is not None:
     lines += _vision_section(summary.vision, plan.final_stage.name, root)
+  if summary.vqgan is not None:
+    lines += _vqgan_section(summary.vqgan, root)
   lines += ["## Timings", "", *[f"- {name}: {clock(s)}" for name, s in summary.timings.items()], ""]
   return "\n".join(lines)
 
@@ -219,7 +237,8 @@ def summary_json(summary: Summary, root: Path) -> dict[str, Any]:
   phases = {f"train {r.stage.name}": r.wall_s for r in summary.stages} | dict(summary.timings)
   return {"mode": summary.plan.mode, "wall_s": summary.wall_s, "phases_s": phases, "stages": stages,
           "needle": needles, "vision": None if summary.vision is None else summary.vision.to_json(root),
-          "longqa": None if summary.longqa is None else summary.longqa.to_json(root)}
+          "longqa": None if summary.longqa is None else summary.longqa.to_json(root),
+          "vqgan": None if summary.vqgan is None else summary.vqgan.to_json(root)}
 
 
 def write(path: Path, summary: Summary) -> Path:

@@ -14,7 +14,8 @@
    books it never saw, checks what the loader reads of it (`qa_data`) and trains one step of its
    config on it;
 6. evaluates the final (vision) model on held-out images both ways, captioning and text-to-image with
-   classifier-free guidance, scored on the toy codebook (`vision_eval`);
+   classifier-free guidance, scored on the toy codebook (`vision_eval`), and round-trips pictures of the
+   first few of those images through `lwm-vision`'s VQGAN encode and decode (`vqgan_round_trip`);
 7. writes `report.md`, `summary.json`, the heatmaps, the vision pictures and the HF models under the
    output directory (`demo_output/`).
 
@@ -37,10 +38,10 @@ from pathlib import Path
 from typing import TextIO
 
 from conversion.spec import ConversionError
-from data_loaders import tiny_data
+from data_loaders import tiny_data, toy_vision
 from lwm_plugin import checkpoints, training
 from lwm_plugin.config.files import ConfigError, peek, resolve_config_file
-from lwm_plugin.demo import progress, qa_data, report, vision_eval
+from lwm_plugin.demo import progress, qa_data, report, vision_eval, vqgan_round_trip
 from lwm_plugin.demo.jax_env import DEVICES, configure
 from lwm_plugin.demo.plan import Plan, Stage, plan_from_env
 from lwm_plugin.evaluation import needle_run
@@ -62,6 +63,7 @@ VISION_PROMPTS = {"fast": 4, "full": 32}  # held-out images (and captions) per v
 # `vision,caption`), not on chat turns, so the vision evaluation asks in that layout.
 VISION_LAYOUT: vision_eval.Layout = "raw"
 VISION_CFG_SCALE = 3.0
+ROUND_TRIP_PICTURES = 4   # the first held-out scenes of the vision evaluation, as pictures through the VQGAN
 
 
 class DemoError(RuntimeError):
@@ -312,7 +314,23 @@ class Demo:
     self.timings["vision evaluation"] = time.monotonic() - start
     return result
 
+  def vqgan(self, weights: Path, toy: bool) -> vqgan_round_trip.RoundTripResult:
+    """The first held-out scenes of the vision evaluation as pictures, through lwm-vision's VQGAN and back."""
+    corpus = self.plan.corpus
+    scenes = toy_vision.held_out_scenes(VISION_SEED, ROUND_TRIP_PICTURES, corpus.codebook_size, corpus.grid)
+    start = time.monotonic()
+    self.say(f"{ROUND_TRIP_PICTURES} held-out pictures through lwm-vision's VQGAN encode and decode ({weights})")
+    try:
+      with self._quiet("vqgan"):
+        result = vqgan_round_trip.round_trip(self.out, weights, scenes, corpus.codebook_size, toy_weights=toy,
+                                             log=lambda line: self.term.write(f"  {line}\n"))
+    except ValueError as e:  # VisionError and VQGANWeightsError are ValueErrors
+      raise self._failed("vqgan", e) from e
+    self.timings["VQGAN round trip"] = time.monotonic() - start
+    return result
+
   def run(self) -> Path:
+    vqgan_weights = vqgan_round_trip.weights_from_env(os.environ)  # a bad LWM_DEMO_VQGAN fails before training
     self.generate_data()
     for i, stage in enumerate(self.plan.stages):
       self.train(i, stage)
@@ -322,10 +340,12 @@ class Demo:
     shutil.rmtree(self.out / "hf_import", ignore_errors=True)  # the evaluation's import of the HF export
     longqa = self.long_qa()
     vision = self.vision()
+    round_trip = self.vqgan(*vqgan_weights)
     path = report.write(self.out / "report.md", report.Summary(
         plan=self.plan, stages=list(self.results.values()), needles=needles, hf_final=final, hf_needle=needle_hf,
         timings=self.timings, wall_s=time.monotonic() - self.started, devices=DEVICES,
         needle_model_size=self._model_size(self.results[self.plan.needle_model].stage), vision=vision, longqa=longqa,
+        vqgan=round_trip,
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"))
     self.say(f"done in {progress.clock(time.monotonic() - self.started)}; report: {path}")
     return path
