@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import json
@@ -11,13 +12,14 @@ import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO, subprocess_env
 from lwm_plugin.demo import plan as demo_plan
 from lwm_plugin import step_metrics
-from lwm_plugin.demo import progress
+from lwm_plugin.demo import progress, vision_eval, vqgan_round_trip
 from lwm_plugin.demo.run import DemoError, MARKER, _fresh_output_dir
 from lwm_plugin.step_metrics import StepRecord
 
@@ -243,20 +245,17 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   assert "of the word's letters right" in text
 
   scores = {"correct": 0.5, "colour": 0.75, "shape": 0.5, "background": 0.25}
-  vision = types.SimpleNamespace(understanding=scores, generation={**scores, "correct": 0.25}, prompts=4,
-                                 layout="raw", cfg_scale=3.0, grid=8, seen_in_training=1,
-                                 results=tmp_path / "vision.json",
-                                 generation_png=tmp_path / "vision_generation.png",
-                                 understanding_png=tmp_path / "vision_understanding.png", wall_s=12.0,
-                                 to_json=lambda root: {"prompts": 4})
+  vision = vision_eval.VisionResult(understanding=scores, generation={**scores, "correct": 0.25}, prompts=4,
+                                    layout="raw", cfg_scale=3.0, grid=8, seen_in_training=1,
+                                    results=tmp_path / "vision.json", generation_png=tmp_path / "vision_generation.png",
+                                    understanding_png=tmp_path / "vision_understanding.png", wall_s=12.0)
+  trip = vqgan_round_trip.RoundTripResult(weights="/w/vqvae", toy_weights=False, images=4, codes_per_image=256,
+                                          codebook_size=8192, cell_colour=0.875, psnr_db=21.04,
+                                          codes=tmp_path / "vqgan" / "codes.jsonl",
+                                          figure=tmp_path / "vqgan_round_trip.png", wall_s=5.0)
   summary = report.Summary(plan=plan, stages=stages, needles=[result], hf_final=tmp_path / "hf" / "a",
                            hf_needle=tmp_path / "hf" / "b", timings={"data": 1.0}, wall_s=100.0, devices=4,
-                           machine="test", needle_model_size="2 layers, 64 wide", vision=vision,
-                           vqgan=types.SimpleNamespace(weights="/w/vqvae", toy_weights=False, images=4,
-                                                       codes_per_image=256, cell_colour=0.875, psnr_db=21.04,
-                                                       codes=tmp_path / "vqgan" / "codes.jsonl",
-                                                       figure=tmp_path / "vqgan_round_trip.png", wall_s=5.0,
-                                                       to_json=lambda root: {"images": 4}))
+                           machine="test", needle_model_size="2 layers, 64 wide", vision=vision, vqgan=trip)
   text = report.render(summary, tmp_path)
   assert "with `/w/vqvae` (LWM_DEMO_VQGAN). Scored against the rendered pictures: cell colours right **0.88**" in text
   assert "PSNR 21.0 dB" in text and "Codes: `vqgan/codes.jsonl`" in text
@@ -269,4 +268,9 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   assert [s["losses"] for s in doc["stages"]] == [[6.0, 5.0]] * len(plan.stages)
   assert doc["needle"]["single"]["accuracy"] == [[1.0, 0.0], [0.0, 0.0]]  # depth 0 / 100% x lengths 500 / 1000
   assert np.allclose(doc["needle"]["single"]["chars_right"], [[1.0, 1 / 7], [4 / 7, 0.0]])
-  assert doc["vision"] == {"prompts": 4} and doc["vqgan"] == {"images": 4}
+  assert doc["vision"]["prompts"] == 4 and doc["vision"]["results"] == "vision.json"   # paths relative to the output
+  assert doc["vqgan"]["codes"] == "vqgan/codes.jsonl" and doc["vqgan"]["cell_colour"] == 0.875
+  assert doc["longqa"] is None
+  outside = dataclasses.replace(trip, figure=Path("/elsewhere/figure.png"))
+  assert report.result_json(outside, tmp_path)["figure"] == "/elsewhere/figure.png"
+  json.dumps(doc)

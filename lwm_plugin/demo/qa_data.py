@@ -71,11 +71,6 @@ class QAResult:
     """The examples of every length, as a data source's `files` glob."""
     return f"{self.output}/longqa-*/*.jsonl"
 
-  def to_json(self, root: Path) -> dict[str, Any]:
-    fields = dataclasses.asdict(self)
-    return fields | {"output": str(self.output.relative_to(root)), "examples": {str(k): v for k, v in
-                                                                                 self.examples.items()}}
-
 
 def write_books(path: Path, seed: int, book_sentences: Sequence[int], sentences_per_fact: int, kind: str) -> Path:
   """The books, one per line (`{"id", "text"}`), from their own seed stream."""

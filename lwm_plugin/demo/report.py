@@ -46,6 +46,15 @@ def _rel(path: Path, root: Path) -> str:
   return os.path.relpath(path, root)
 
 
+def result_json(result: Any, root: Path) -> dict[str, Any]:
+  """A phase's result dataclass as summary.json holds it: its fields, each path relative to `root` when inside it."""
+  doc = dataclasses.asdict(result)
+  for key, value in doc.items():
+    if isinstance(value, Path):
+      doc[key] = str(value.relative_to(root)) if value.is_relative_to(root) else str(value)
+  return doc
+
+
 def _stage_table(summary: Summary) -> list[str]:
   lines = ["| # | stage | config | context | RoPE θ | starts from | steps | tokens/step | loss first → last | "
            "text / vision loss (last step) | tokens/s | wall (compile) |",
@@ -236,9 +245,8 @@ def summary_json(summary: Summary, root: Path) -> dict[str, Any]:
             for r in summary.stages]
   phases = {f"train {r.stage.name}": r.wall_s for r in summary.stages} | dict(summary.timings)
   return {"mode": summary.plan.mode, "wall_s": summary.wall_s, "phases_s": phases, "stages": stages,
-          "needle": needles, "vision": None if summary.vision is None else summary.vision.to_json(root),
-          "longqa": None if summary.longqa is None else summary.longqa.to_json(root),
-          "vqgan": None if summary.vqgan is None else summary.vqgan.to_json(root)}
+          "needle": needles, **{key: None if result is None else result_json(result, root) for key, result in
+                                (("vision", summary.vision), ("longqa", summary.longqa), ("vqgan", summary.vqgan))}}
 
 
 def write(path: Path, summary: Summary) -> Path:

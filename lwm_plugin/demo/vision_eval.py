@@ -73,12 +73,6 @@ class VisionResult:
   understanding_png: Path
   wall_s: float
 
-  def to_json(self, root: Path) -> dict[str, Any]:
-    doc = dataclasses.asdict(self)
-    for key in ("results", "generation_png", "understanding_png"):
-      doc[key] = str(Path(doc[key]).relative_to(root)) if Path(doc[key]).is_relative_to(root) else str(doc[key])
-    return doc
-
 
 def understanding_ids(vocab: Any, codes: Sequence[int], layout: Layout) -> np.ndarray:
   """The understanding prompt of one image: the vision chat template's, or the training line's

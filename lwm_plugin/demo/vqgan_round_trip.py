@@ -22,7 +22,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -52,12 +52,6 @@ class RoundTripResult:
   codes: Path
   figure: Path
   wall_s: float
-
-  def to_json(self, root: Path) -> dict[str, Any]:
-    doc = dataclasses.asdict(self)
-    for key in ("codes", "figure"):
-      doc[key] = str(Path(doc[key]).relative_to(root))
-    return doc
 
 
 def weights_from_env(environ) -> tuple[Path, bool]:
