@@ -151,8 +151,8 @@ def _vqgan_section(trip: Any, root: Path) -> list[str]:
           f"The first {trip.images} held-out scenes above as 256 × 256 pictures (32 pixels per cell), encoded to "
           f"{trip.codes_per_image} codes each and decoded back by `lwm-vision encode` / `decode`'s functions, with "
           f"{weights}. Scored against the rendered pictures: cell colours right **{trip.cell_colour:.2f}** (each "
-          f"cell's decoded colour nearest the colour the scene put there; the shapes' texture marks are not scored), PSNR "
-          f"{trip.psnr_db:.1f} dB.", "",
+          "cell's decoded colour nearest the colour the scene put there; the shapes' texture marks are not scored), "
+          f"PSNR {trip.psnr_db:.1f} dB.", "",
           f"![round trip]({_rel(trip.figure, root)})", "",
           f"Codes: `{_rel(trip.codes, root)}`; pictures under `vqgan/`; wall time {clock(trip.wall_s)}.", ""]
 
