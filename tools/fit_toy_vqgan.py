@@ -64,10 +64,7 @@ def main() -> int:
   scenes = toy_vision.held_out_scenes(SCENE_SEED, 32, codebook, grid)
   rgb = [toy_vision.grid_rgb(s.codes, codebook, cell=vqgan_round_trip.CELL_PIXELS) for s in scenes]
   decoded = media.to_uint8(codec.decode(codec.encode(np.stack([media.to_unit_range(x) for x in rgb]))))
-  band = synthetic_corpus.colour_band(codebook)
-  right = np.mean([np.mean(vqgan_round_trip.cell_colours(d, grid) == np.asarray(s.codes).reshape(grid, grid) // band)
-                   for d, s in zip(decoded, scenes)])
-  psnr = np.mean([vqgan_round_trip.psnr_db(a, b) for a, b in zip(rgb, decoded)])
+  right, psnr = vqgan_round_trip.picture_scores(scenes, codebook, rgb, decoded)
   print(f"wrote {args.out} in {time.monotonic() - start:.0f} s: {args.steps} steps, {fit.codes_used} codes in use; "
         f"32 held-out pictures: cell colours right {right:.3f}, PSNR {psnr:.1f} dB")
   return 0

@@ -77,6 +77,15 @@ def psnr_db(a_uint8: np.ndarray, b_uint8: np.ndarray) -> float:
   return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
+def picture_scores(scenes: Sequence[toy_vision.Scene], codebook_size: int, originals: Sequence[np.ndarray],
+                   decoded: Sequence[np.ndarray]) -> tuple[float, float]:
+  """(cell colours right, mean PSNR in dB) of decoded uint8 pictures against the scenes and their renders."""
+  band, side = colour_band(codebook_size), toy_vision.frame_side(len(scenes[0].codes))
+  right = [np.mean(cell_colours(d, side) == np.asarray(s.codes).reshape(side, side) // band)
+           for d, s in zip(decoded, scenes)]
+  return float(np.mean(right)), float(np.mean([psnr_db(o, d) for o, d in zip(originals, decoded)]))
+
+
 def round_trip(output: Path, weights: Path, scenes: Sequence[toy_vision.Scene], codebook_size: int, *,
                toy_weights: bool, log: Callable[[str], None] = print) -> RoundTripResult:
   """Renders `scenes` (codes of `codebook_size`), encodes and decodes them with `weights`, scores the result."""
@@ -92,12 +101,9 @@ def round_trip(output: Path, weights: Path, scenes: Sequence[toy_vision.Scene], 
   codec = commands.VQGANFactory(str(weights), "float32")()
   codes = commands.encode_files(codec, [str(p) for p in sources], work / "codes.jsonl", log=log)
   decoded = commands.decode_file(codec, codes, work / "decoded", log=log)
-  band, side = colour_band(codebook_size), toy_vision.frame_side(len(scenes[0].codes))
   originals = [np.asarray(Image.open(p).convert("RGB")) for p in sources]
   results = [np.asarray(Image.open(p).convert("RGB")) for p in decoded]
-  truth = [np.asarray(s.codes).reshape(side, side) // band for s in scenes]
-  cell_colour = float(np.mean([np.mean(cell_colours(r, side) == t) for r, t in zip(results, truth)]))
-  psnr = float(np.mean([psnr_db(o, r) for o, r in zip(originals, results)]))
+  cell_colour, psnr = picture_scores(scenes, codebook_size, originals, results)
   figure = _figure(output / "vqgan_round_trip.png", originals, results, weights.name if toy_weights else str(weights))
   config = codec.config
   result = RoundTripResult(str(weights), toy_weights, len(scenes), (media.FRAME_SIZE // config.downsample_factor) ** 2,

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 
 from lwm_plugin.vision.vqgan import VQGANModel
 from lwm_plugin.vision.vqgan_weights import VQGANConfig, check_params
@@ -64,7 +65,7 @@ def _latents(model: VQGANModel, x):
 
 def _forward(model: VQGANModel, x, quantize: bool):
   """Reconstruction through the straight-through code vectors (the latents themselves without `quantize`),
-  the two VQ terms, and the codes."""
+  the two VQ terms, the codes and the latents."""
   z = _latents(model, x)
   codes = model.codebook.nearest(z)
   e = model.codebook.lookup(codes)
@@ -72,15 +73,7 @@ def _forward(model: VQGANModel, x, quantize: bool):
   y = model.decoder(model.post_quant_conv(z_q))
   codebook_term = jnp.mean((jax.lax.stop_gradient(z) - e) ** 2)
   commitment = jnp.mean((z - jax.lax.stop_gradient(e)) ** 2)
-  return y, codebook_term, commitment, codes
-
-
-def _flat(tree, prefix: str = "") -> dict[str, np.ndarray]:
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}{key}"
-    out |= _flat(value, path + "/") if isinstance(value, dict) else {path: np.asarray(value, np.float32)}
-  return out
+  return y, codebook_term, commitment, codes, z
 
 
 def _check(config: VQGANConfig, images: np.ndarray, options: FitOptions) -> None:
@@ -114,16 +107,16 @@ def fit_vqgan(config: VQGANConfig, images_NxHxWxC: np.ndarray, options: FitOptio
   state = optimizer.init(params)
 
   def loss_fn(p, x, quantize):
-    y, codebook_term, commitment, codes = model.apply({"params": p}, x, quantize, method=_forward)
+    y, codebook_term, commitment, codes, z = model.apply({"params": p}, x, quantize, method=_forward)
     reconstruction = jnp.mean((y - x) ** 2)
     vq = codebook_term + options.beta * commitment if quantize else 0.0
-    return reconstruction + vq, (reconstruction, codes)
+    return reconstruction + vq, (reconstruction, codes, z)
 
   @functools.partial(jax.jit, static_argnums=3)
   def step(p, s, x, quantize):
-    (_, (reconstruction, codes)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, x, quantize)
+    (_, (reconstruction, codes, z)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, x, quantize)
     updates, s = optimizer.update(grads, s, p)
-    return optax.apply_updates(p, updates), s, reconstruction, codes
+    return optax.apply_updates(p, updates), s, reconstruction, codes, z
 
   latents = jax.jit(lambda p, x: model.apply({"params": p}, x, method=_latents))
   history, codes, start_vq = [], None, int(options.warmup * options.steps)
@@ -136,13 +129,13 @@ def fit_vqgan(config: VQGANConfig, images_NxHxWxC: np.ndarray, options: FitOptio
                                                                         config.num_embeddings, rng))}}
     top, left = (rng.integers(0, (n - crop) // f + 1) * f for n in images.shape[1:3])
     x = images[rng.integers(len(images), size=options.batch), top:top + crop, left:left + crop].astype(np.float32)
-    params, state, reconstruction, codes = step(params, state, x, i >= start_vq)
+    params, state, reconstruction, codes, z = step(params, state, x, i >= start_vq)
     history.append(float(reconstruction))
     if i > start_vq and i % options.restart_every == 0 and i < options.restart_until * options.steps:
-      params = _restart_dead_codes(params, np.asarray(codes), np.asarray(latents(params, x)), rng)
+      params = _restart_dead_codes(params, np.asarray(codes), np.asarray(z), rng)   # the step's own latents
     if log_every and (i % log_every == 0 or i == options.steps - 1):
       log(f"step {i}: reconstruction MSE {history[-1]:.4f}, {len(np.unique(np.asarray(codes)))} codes in use")
-  flat = _flat(params)
+  flat = {path: np.asarray(v, np.float32) for path, v in traverse_util.flatten_dict(params, sep="/").items()}
   check_params(config, flat)
   return FitResult(flat, history, int(len(np.unique(np.asarray(codes)))))
 
