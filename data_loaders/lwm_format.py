@@ -20,7 +20,8 @@ paper's (Sec. 3.2: swapping the order models "text-image generation, uncondition
 and image captioning"): text-to-image, or the image first with loss on it as well (what the
 `<s><vision>` branch of classifier-free guidance predicts) and then its caption; the reader passes
 the 0-based line index within the file, as LWM does, so the choice is deterministic and survives a
-resume. `FormatOptions.fields_index` fixes the choice.
+resume. `FormatOptions.fields_index` fixes the choice; `FormatOptions.fields` replaces every line's
+spec (e.g. `[vision],caption`: captioning without loss on the image, from the same caption lines).
 
 A line with `"messages"` instead of `"fields"` is a chat example (`data_loaders.chat_template`).
 
@@ -62,10 +63,12 @@ class FormatOptions:
   max_vision_tokens  at most this many vision-mask tokens (codes + eof/eov) per vision field.
   default_fields     spec for lines without a `fields` key (e.g. "text" for plain text data).
   fields_index       pick this spec from a list of specs instead of the per-example random choice.
+  fields             this spec for every line, in place of the line's own `fields` (chat lines keep theirs).
   """
   fields_key: str = "fields"
   default_fields: str | None = None
   fields_index: int = -1
+  fields: str | None = None
   subfield_separator: str = " "
   max_frames: int | None = None
   max_vision_tokens: int | None = None
@@ -161,7 +164,9 @@ def _example(line: Any, vocab: MultimodalVocab, example_index: int, options: For
     raise LWMFormatError("json", f"expected a JSON object, got {type(obj).__name__}")
   if options.fields_key not in obj and "messages" in obj:
     return chat_example(vocab, obj["messages"], frame_limit=options.frame_limit(vocab))
-  if options.fields_key in obj:
+  if options.fields is not None:
+    spec = options.fields
+  elif options.fields_key in obj:
     spec = choose_spec(obj[options.fields_key], example_index, options)
   elif options.default_fields is not None:
     spec = options.default_fields

@@ -154,7 +154,7 @@ def source_stream(config: LoaderConfig, source: LWMDataSource, vocab: Multimodal
   if config.shuffle:
     records = records.shuffle(seed=source_seed(config.seed, source.name))
   records = records.repeat(config.num_epochs)[shard_index::shard_count]
-  options = FormatOptions(default_fields=source.default_fields, fields_index=source.fields_index,
+  options = FormatOptions(default_fields=source.default_fields, fields_index=source.fields_index, fields=source.fields,
                           max_frames=config.max_frames, max_vision_tokens=config.max_vision_tokens)
   options.frame_limit(vocab)  # validates the budgets before any worker starts
   decoded = records.map(RecordDecoder(source.format, vocab, options, skip_invalid=config.skip_invalid,

@@ -31,9 +31,9 @@ from typing import Any, Iterator, Literal, Sequence
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from data_loaders.lwm_format import FormatOptions, LWMFormatError, example_from_line
+from data_loaders.lwm_format import FormatOptions, LWMFormatError, example_from_line, parse_fields_spec
 from data_loaders.vocab import MultimodalVocab
 
 logger = logging.getLogger(__name__)
@@ -67,11 +67,28 @@ class LWMDataSource(BaseModel):
       None, description="JSONL: fields spec for lines without a 'fields' key (e.g. 'text' for {\"text\": ...}).")
   fields_index: int = Field(
       -1, ge=-1, description="JSONL: pick this spec of a 'fields' list instead of LWM's per-line random choice.")
+  fields: str | None = Field(
+      None, description="JSONL: this fields spec for every line, in place of the line's own (e.g. '[vision],caption' "
+      "trains captioning from caption lines without loss on the image); not with fields_index.")
 
   @field_validator("files", mode="before")
   @classmethod
   def _one_file(cls, value):
     return (value,) if isinstance(value, str) else value
+
+  @field_validator("fields", "default_fields")
+  @classmethod
+  def _spec(cls, value):
+    if value is not None:
+      parse_fields_spec(value)  # a malformed spec fails at start-up, not in a worker
+    return value
+
+  @model_validator(mode="after")
+  def _one_spec_choice(self):
+    if self.fields is not None and self.fields_index >= 0:
+      raise ValueError(f"data source {self.name!r}: fields={self.fields!r} and fields_index={self.fields_index} "
+                       "both choose the spec; give one")
+    return self
 
 
 def check_unique_names(sources: Sequence[LWMDataSource], what: str) -> None:

@@ -204,6 +204,34 @@ def test_a_text_only_model_reads_text_and_refuses_vision_data(tmp_path, tiny_lwm
     list(build_dataset(mixed, vocab))
 
 
+def test_a_source_fields_spec_replaces_every_lines_own(tiny_lwm_data, vocab):
+  """`fields: "[vision],caption"` on caption lines (whose own spec is a list of both orders): every example is
+  the image without loss, then the caption with loss and EOS."""
+  path = tiny_lwm_data / "image.jsonl"
+  lines = [json.loads(line) for line in path.read_text().splitlines()[:8]]
+  config = _config([{"name": "caption", "files": str(path), "fields": "[vision],caption"}], seq_len=512,
+                   shuffle=False, num_epochs=1)
+  examples = list(source_stream(config, config.sources[0], vocab, shard_index=0, shard_count=1))[:8]
+  assert len(examples) == 8
+  for line, ex in zip(lines, examples):  # next-token features: target t predicts token t + 1
+    targets, weights, vision = ex["targets"], ex["targets_weights"], ex["targets_vision_mask"]
+    caption = vocab.encode_text(line["caption"]) + [vocab.eos_id]
+    image = len(targets) - len(caption)  # the image with its markers, after BOS
+    assert ex["inputs"][0] == vocab.bos_id and targets[-len(caption):].tolist() == caption
+    assert vision[:image].sum() == len(line["vision"]) + 1 and not vision[image:].any()  # codes and <eov>
+    assert not weights[:image].any() and (weights[image:] > 0).all()
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"fields": "[vision],caption", "fields_index": 1}, "both choose the spec"),
+    ({"fields": "[vision,caption"}, "malformed item"),
+    ({"default_fields": "<|pad|>,text"}, "unknown special item"),
+])
+def test_a_bad_source_spec_fails_at_start_up(tiny_lwm_data, source, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    _config([{"name": "image", "files": str(tiny_lwm_data / "image.jsonl"), **source}])
+
+
 def test_overlong_error_in_the_pipeline_names_the_line(tiny_lwm_data, vocab):
   config = _config([{"name": "video", "files": str(tiny_lwm_data / "video.jsonl")}], seq_len=256, shuffle=False)
   with pytest.raises(ValueError, match=r"video.jsonl:1: example of \d+ tokens is longer than a row"):

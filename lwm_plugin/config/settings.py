@@ -57,7 +57,7 @@ class LWMSettings(BaseModel):
   lwm_data_sources: tuple[LWMDataSource, ...] = Field(
       (),
       description="Training data of the LWM Grain loader: a list of {name, files, format, weight, group, "
-      "default_fields, fields_index}. Non-empty: `dataset_type: grain` runs this loader (checked at start-up); "
+      "default_fields, fields_index, fields}. Non-empty: `dataset_type: grain` runs this loader (checked at start-up); "
       "empty: MaxText's own input pipeline for dataset_type. Also read: max_target_length, packing, "
       "grain_packing_type (first_fit|best_fit), max_segments_per_seq, enable_data_shuffling, data_shuffle_seed, "
       "num_epoch (<= 0: repeat forever), grain_worker_count, grain_per_worker_buffer_size.",
