@@ -246,7 +246,7 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
 
   scores = {"correct": 0.5, "colour": 0.75, "shape": 0.5, "background": 0.25}
   vision = vision_eval.VisionResult(understanding=scores, generation={**scores, "correct": 0.25}, prompts=4,
-                                    layout="raw", cfg_scale=3.0, grid=8, seen_in_training=1,
+                                    layout="raw", cfg_scale=1.5, grid=8, seen_in_training=1,
                                     results=tmp_path / "vision.json", generation_png=tmp_path / "vision_generation.png",
                                     understanding_png=tmp_path / "vision_understanding.png", wall_s=12.0)
   trip = vqgan_round_trip.RoundTripResult(weights="/w/vqvae", toy_weights=False, images=4, codes_per_image=256,
@@ -261,7 +261,7 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   assert "PSNR 21.0 dB" in text and "Codes: `vqgan/codes.jsonl`" in text
   assert "| image understanding (answer greedy, text ids) | 0.50 | 0.75 | 0.50 | 0.25 |" in text
   assert "on the 8 × 8 code grid (LWM's VQGAN: 16 × 16)" in text
-  assert "| text-to-image (greedy, guidance 3.0) | 0.25 | 0.75 |" in text
+  assert "| text-to-image (greedy, guidance 1.5) | 0.25 | 0.75 |" in text
   assert "![generation](vision_generation.png)" in text and "1 of their captions also occur" in text
   doc = report.summary_json(summary, tmp_path)
   assert doc["phases_s"] == {**{f"train {s.name}": 30.0 for s in plan.stages}, "data": 1.0}

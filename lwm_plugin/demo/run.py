@@ -62,7 +62,9 @@ VISION_PROMPTS = {"fast": 4, "full": 32}  # held-out images (and captions) per v
 # The tiny vision stages train on the corpus's caption/vision lines (`[caption],vision`,
 # `vision,caption`), not on chat turns, so the vision evaluation asks in that layout.
 VISION_LAYOUT: vision_eval.Layout = "raw"
-VISION_CFG_SCALE = 3.0
+# Guidance against an unconditional branch no demo stage trains (plan.py): the whole chain's text-to-image on
+# the held-out scenes at guidance 1 / 1.5 / 2 / 3: 0.97 / 0.97 / 0.84 / 0.50 (BENCHMARKS.md, issue 17).
+VISION_CFG_SCALE = 1.5
 ROUND_TRIP_PICTURES = 4   # the first held-out scenes of the vision evaluation, as pictures through the VQGAN
 
 
