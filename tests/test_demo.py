@@ -15,8 +15,10 @@ import zlib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, subprocess_env
+from data_loaders.sources import LWMDataSource, expand_files
 from lwm_plugin.demo import plan as demo_plan
 from lwm_plugin import step_metrics
 from lwm_plugin.demo import progress, vision_eval, vqgan_round_trip
@@ -135,6 +137,22 @@ def test_plans_chain_shipped_configs(plan):
   kinds = [s.config.split("_")[1] for s in plan.stages]
   assert "text" in kinds and "vision" in kinds and [s.extend_vocab for s in plan.stages].count(True) == 1
   assert plan.stages[0].init is None and all(s.init for s in plan.stages[1:])
+
+
+@pytest.mark.parametrize("plan", [demo_plan.FULL, demo_plan.FAST], ids=lambda p: p.mode)
+def test_plan_data_sources_are_valid_loader_sources_of_the_corpus(plan, tiny_lwm_data):
+  """A stage's `lwm_data_sources=` override is YAML of loader sources; every file is one the corpus writes."""
+  overridden = [(s.name, a.partition("=")[2]) for s in plan.stages for a in s.overrides
+                if a.startswith("lwm_data_sources=")]
+  assert [name for name, _ in overridden] == [s.name for s in plan.stages if s.config.startswith("tiny_vision_")
+                                              and s.config != "tiny_vision_chat_4k.yml"]
+  for name, value in overridden:
+    sources = [LWMDataSource(**{**item, "files": item["files"].replace("${lwm_data_dir}", str(tiny_lwm_data))})
+               for item in yaml.safe_load(value)]
+    assert abs(sum(s.weight for s in sources) - 1.0) < 1e-9, name
+    assert {s.fields for s in sources} == {"[caption],vision", "[vision],caption", None}, name
+    for source in sources:
+      expand_files(source.files, name)
 
 
 def test_plan_rejects_a_stage_that_starts_from_a_later_one():
