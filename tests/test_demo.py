@@ -280,6 +280,7 @@ def test_report_lists_stages_and_reads_accuracies_from_the_results(tmp_path):
   assert "| image understanding (answer greedy, text ids) | 0.50 | 0.75 | 0.50 | 0.25 |" in text
   assert "on the 8 × 8 code grid (LWM's VQGAN: 16 × 16)" in text
   assert "| text-to-image (greedy, guidance 1.5) | 0.25 | 0.75 |" in text
+  assert "Guidance 1.5 is against `<s><vision>`, a branch the demo's vision stages do not train" in text
   assert "![generation](vision_generation.png)" in text and "1 of their captions also occur" in text
   doc = report.summary_json(summary, tmp_path)
   assert doc["phases_s"] == {**{f"train {s.name}": 30.0 for s in plan.stages}, "data": 1.0}

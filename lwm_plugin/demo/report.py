@@ -137,6 +137,9 @@ def _vision_section(vision: Any, model: str, root: Path) -> list[str]:
           f"{und['shape']:.2f} | {und['background']:.2f} |",
           f"| text-to-image (greedy, guidance {vision.cfg_scale}) | {gen['correct']:.2f} | {gen['colour']:.2f} | "
           f"{gen['shape']:.2f} | {gen['background']:.2f} |", "",
+          f"Guidance {vision.cfg_scale} is against `<s><vision>`, a branch the demo's vision stages do not train: "
+          "their image-first examples carry no loss on the image, which in this tiny model tied an object's colour "
+          "to its background (`lwm_plugin/demo/plan.py`; the scores at other scales: BENCHMARKS.md, issue 17).", "",
           f"Generated images, caption and verdict under each: ![generation]({_rel(vision.generation_png, root)})", "",
           f"Understanding, image and answer: ![understanding]({_rel(vision.understanding_png, root)})", "",
           f"Every prompt, answer, frame and score: `{_rel(vision.results, root)}`; wall time "
