@@ -75,6 +75,13 @@ class FormatOptions:
   add_bos: bool = True
   add_eos: bool = True
 
+  def __post_init__(self):
+    if self.fields is not None and self.fields_index >= 0:
+      raise ValueError(f"fields={self.fields!r} and fields_index={self.fields_index} both choose the spec; give one")
+    for spec in (self.default_fields, self.fields):
+      if spec is not None:
+        parse_fields_spec(spec)  # a malformed spec is an error here, not at the first line that uses it
+
   def frame_limit(self, vocab: MultimodalVocab) -> int | None:
     limits = []
     if self.max_frames is not None:

@@ -33,7 +33,7 @@ import msgpack
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from data_loaders.lwm_format import FormatOptions, LWMFormatError, example_from_line, parse_fields_spec
+from data_loaders.lwm_format import FormatOptions, LWMFormatError, example_from_line
 from data_loaders.vocab import MultimodalVocab
 
 logger = logging.getLogger(__name__)
@@ -76,18 +76,12 @@ class LWMDataSource(BaseModel):
   def _one_file(cls, value):
     return (value,) if isinstance(value, str) else value
 
-  @field_validator("fields", "default_fields")
-  @classmethod
-  def _spec(cls, value):
-    if value is not None:
-      parse_fields_spec(value)  # a malformed spec fails at start-up, not in a worker
-    return value
-
   @model_validator(mode="after")
-  def _one_spec_choice(self):
-    if self.fields is not None and self.fields_index >= 0:
-      raise ValueError(f"data source {self.name!r}: fields={self.fields!r} and fields_index={self.fields_index} "
-                       "both choose the spec; give one")
+  def _spec_options(self):
+    try:  # FormatOptions owns the spec rules: a malformed spec, or two ways to choose one
+      FormatOptions(default_fields=self.default_fields, fields_index=self.fields_index, fields=self.fields)
+    except ValueError as e:
+      raise ValueError(f"data source {self.name!r}: {e}") from None
     return self
 
 

@@ -16,6 +16,7 @@ the demo runs every stage with the matching `lwm_tokens_per_frame` (the YAMLs ke
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Mapping
 
 from data_loaders import tiny_data
@@ -96,10 +97,11 @@ GENERATION, CAPTIONING = "[caption],vision", "[vision],caption"
 
 
 def _sources(*sources: tuple[str, str, str | None, float, str]) -> str:
-  """`lwm_data_sources=[...]` of (name, file under the corpus, fields spec or None, weight, group)."""
-  items = [f"{{name: {name}, files: '${{lwm_data_dir}}/{file}', weight: {weight}, group: {group}"
-           + (f", fields: '{fields}'}}" if fields else "}") for name, file, fields, weight, group in sources]
-  return f"lwm_data_sources=[{', '.join(items)}]"
+  """`lwm_data_sources=[...]` (JSON, which the config reads as YAML) of (name, file under the corpus, fields
+  spec or None for the lines' own, weight, group)."""
+  items = [{"name": name, "files": f"${{lwm_data_dir}}/{file}", "weight": weight, "group": group,
+            **({"fields": fields} if fields else {})} for name, file, fields, weight, group in sources]
+  return f"lwm_data_sources={json.dumps(items)}"
 
 
 # The demo's first vision stage: 900 steps of 4 rows (the YAML's 30 of 8) at a constant 3e-3 (the YAML's
